@@ -1,0 +1,95 @@
+"""The application: `create_app(settings)` builds one FastAPI app per worker process.
+
+Request path, outermost first: RequestContext (request id, access line, metrics) -> CORS ->
+BodyLimit -> router -> `deps.current_user` -> route -> backend -> `sse.EventStream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from . import __version__, errors
+from .auth import TokenVerifier
+from .backends import make_backend
+from .body_limit import BodyLimit
+from .config import Settings, load_settings
+from .cors import CORS
+from .observability.logging import get_logger
+from .observability.middleware import RequestContext
+from .routes import chat, health, metrics, pages
+from .shutdown import Drain
+
+log = get_logger("service.app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    if not settings.has_key:
+        # Only reachable outside `chat-service serve` (which shares one secret across its
+        # workers); production settings never get here (config refuses to start).
+        settings = settings.model_copy(update={"jwt_secret": secrets.token_urlsafe(32)})
+        log.warning("no signing key configured; using a random per-process development key")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.drain.bind(asyncio.get_running_loop())
+        app.state.verifier = TokenVerifier(settings)
+        app.state.backend = make_backend(settings)
+        try:
+            yield
+        finally:
+            app.state.drain.unbind()
+            await app.state.backend.aclose()
+            await app.state.verifier.aclose()
+
+    app = FastAPI(
+        title="chat-service",
+        version=__version__,
+        summary="Streams AI chat replies over Server-Sent Events.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.drain = Drain(settings.graceful_timeout)
+    app.state.page = pages.load_page()
+    for router in (pages.router, chat.router, health.router, metrics.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR, check_dir=False), name="static")
+    errors.install(app)
+    # Added innermost first: the last one added wraps all the others.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CORS, origins=settings.cors_origins)
+    app.add_middleware(RequestContext)
+    if settings.metrics_port:
+        app.add_middleware(MetricsPortSplit, metrics_port=settings.metrics_port)
+    return app
+
+
+class MetricsPortSplit:
+    """With CHAT_METRICS_PORT set, `/metrics` answers on that port only, and nothing else does,
+    so an Ingress routing the main port can never expose it."""
+
+    def __init__(self, app: ASGIApp, metrics_port: int) -> None:
+        self.app = app
+        self.metrics_port = metrics_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            server = scope.get("server")
+            on_metrics_port = server is not None and server[1] == self.metrics_port
+            if on_metrics_port != (scope["path"] == "/metrics"):
+                response = errors.error_response(404, "Not Found")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory service.app:app_factory` and other ASGI servers."""
+    return create_app()

@@ -1,0 +1,236 @@
+"""Bearer-token verification: a JWT string in, a Principal or an AuthError out.
+
+python-jose checks signatures; everything around them is checked here, because jose is
+lenient by default (a token without `exp` or `aud` passes, `crit` is ignored, and the key
+type is inferred from the key rather than fixed by the deployment). So:
+
+- one algorithm family per deployment (config refuses HS* beside RS*/ES*), and the token's
+  header must name an algorithm from the allow-list: `alg: none` and HS256-signed-with-the-
+  public-key tokens die here, before any key is touched;
+- only `alg`, `typ` and `kid` may appear in the header (RFC 7515 §4.1.11: a `crit` we do not
+  understand must be refused, so we refuse every extension);
+- `exp` and a non-empty string `sub` are required; `aud` and `iss` when configured;
+  clock leeway is capped at 30 s by the settings;
+- tokens longer than `jwt_max_bytes` are refused before they are parsed.
+
+No FastAPI here: the dependency in `deps.py` turns AuthError into a 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from jose import jwk, jws
+from jose.exceptions import JOSEError
+from jose.utils import base64url_decode
+
+from .config import Settings
+
+ALLOWED_HEADER_KEYS = frozenset({"alg", "typ", "kid"})
+JWKS_REFETCH_SECONDS = 30.0
+
+
+class AuthError(Exception):
+    """The token is refused; `reason` is a metric label, `description` safe to show."""
+
+    def __init__(self, reason: str, description: str) -> None:
+        super().__init__(description)
+        self.reason = reason
+        self.description = description
+
+
+class KeysUnavailable(Exception):
+    """The JWKS could not be fetched: verification is impossible, not the token's fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    sub: str
+    claims: Mapping[str, Any] = field(repr=False)
+
+
+class StaticKeys:
+    """A shared secret or a PEM public key, parsed once per algorithm."""
+
+    def __init__(self, material: str) -> None:
+        self._material = material
+        self._keys: dict[str, Any] = {}
+
+    async def key_for(self, alg: str, kid: str | None) -> Any:
+        key = self._keys.get(alg)
+        if key is None:
+            try:
+                key = self._keys[alg] = jwk.construct(self._material, alg)
+            except JOSEError as exc:
+                raise AuthError("algorithm", "token algorithm does not fit the key") from exc
+        return key
+
+
+class JwksKeys:
+    """Keys of an OpenID provider, picked by `kid`; an unknown `kid` refetches, at most
+    once per JWKS_REFETCH_SECONDS so that forged kids cannot make us hammer the provider."""
+
+    def __init__(self, url: str, client: httpx.AsyncClient | None = None) -> None:
+        self._url = url
+        self._client = client or httpx.AsyncClient(timeout=5.0)
+        self._jwks: dict[str, dict[str, Any]] = {}
+        self._constructed: dict[tuple[str, str], Any] = {}
+        self._fetched_at = -JWKS_REFETCH_SECONDS
+        self._lock = asyncio.Lock()
+
+    async def key_for(self, alg: str, kid: str | None) -> Any:
+        jwk_dict = self._find(kid)
+        if jwk_dict is None:
+            await self._refresh()
+            jwk_dict = self._find(kid)
+        if jwk_dict is None:
+            raise AuthError("unknown_key", "token key id is not known")
+        if jwk_dict.get("alg") not in (None, alg):
+            raise AuthError("algorithm", "token algorithm does not fit the key")
+        cache_key = (jwk_dict.get("kid", ""), alg)
+        key = self._constructed.get(cache_key)
+        if key is None:
+            try:
+                key = self._constructed[cache_key] = jwk.construct(jwk_dict, alg)
+            except JOSEError as exc:
+                raise AuthError("algorithm", "token algorithm does not fit the key") from exc
+        return key
+
+    def _find(self, kid: str | None) -> dict[str, Any] | None:
+        if kid is not None:
+            return self._jwks.get(kid)
+        # A token without `kid` is only unambiguous when the provider publishes one key.
+        return next(iter(self._jwks.values())) if len(self._jwks) == 1 else None
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            if time.monotonic() - self._fetched_at < JWKS_REFETCH_SECONDS:
+                return
+            self._fetched_at = time.monotonic()
+            try:
+                response = await self._client.get(self._url)
+                response.raise_for_status()
+                keys = response.json()["keys"]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                if not self._jwks:
+                    raise KeysUnavailable(f"JWKS fetch failed: {type(exc).__name__}") from exc
+                return  # keep serving the keys we have
+            self._jwks = {
+                str(k.get("kid", "")): k
+                for k in keys
+                if isinstance(k, dict) and k.get("use", "sig") == "sig"
+            }
+            self._constructed.clear()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings, jwks_client: httpx.AsyncClient | None = None) -> None:
+        self.algorithms = frozenset(settings.jwt_algorithms)
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+        self.leeway = settings.jwt_leeway
+        self.max_bytes = settings.jwt_max_bytes
+        self.keys: StaticKeys | JwksKeys
+        if settings.jwt_jwks_url:
+            self.keys = JwksKeys(settings.jwt_jwks_url, jwks_client)
+        else:
+            material = settings.jwt_secret or settings.jwt_public_key
+            if not material:
+                raise ValueError("no signing key configured")
+            self.keys = StaticKeys(material)
+
+    async def verify(self, token: str) -> Principal:
+        if len(token) > self.max_bytes:
+            raise AuthError("oversized", "token is too large")
+        header = _header(token)
+        alg = header.get("alg")
+        if alg not in self.algorithms:
+            raise AuthError("algorithm", "token algorithm is not allowed")
+        if not ALLOWED_HEADER_KEYS.issuperset(header):
+            raise AuthError("malformed", "token header has unsupported fields")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise AuthError("malformed", "token key id is not a string")
+        key = await self.keys.key_for(alg, kid)
+        try:
+            payload = jws.verify(token, key, [alg])
+        except JOSEError:
+            raise AuthError("signature", "token signature is invalid") from None
+        try:
+            claims = json.loads(payload)
+        except ValueError:
+            raise AuthError("malformed", "token payload is not JSON") from None
+        if not isinstance(claims, dict):
+            raise AuthError("malformed", "token payload is not a JSON object")
+        self._check_claims(claims)
+        return Principal(sub=claims["sub"], claims=claims)
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        now = time.time()
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise AuthError("malformed", "token has no valid exp claim")
+        if now > exp + self.leeway:
+            raise AuthError("expired", "token has expired")
+        nbf = claims.get("nbf")
+        if nbf is not None and (not _is_number(nbf) or now + self.leeway < nbf):
+            raise AuthError("not_yet_valid", "token is not valid yet")
+        iat = claims.get("iat")
+        if iat is not None and (not _is_number(iat) or now + self.leeway < iat):
+            raise AuthError("not_yet_valid", "token was issued in the future")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 256:
+            raise AuthError("no_sub", "token has no valid sub claim")
+        if self.audience is not None:
+            aud = claims.get("aud")
+            audiences = aud if isinstance(aud, list) else [aud]
+            if self.audience not in audiences:
+                raise AuthError("audience", "token audience is not accepted")
+        if self.issuer is not None and claims.get("iss") != self.issuer:
+            raise AuthError("issuer", "token issuer is not accepted")
+
+    async def aclose(self) -> None:
+        if isinstance(self.keys, JwksKeys):
+            await self.keys.aclose()
+
+
+def _header(token: str) -> dict[str, Any]:
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        raise AuthError("malformed", "token is not a JWS compact serialization")
+    try:
+        header = json.loads(base64url_decode(parts[0].encode("ascii")))
+    except (ValueError, UnicodeError):
+        raise AuthError("malformed", "token header is not valid base64url JSON") from None
+    if not isinstance(header, dict):
+        raise AuthError("malformed", "token header is not a JSON object")
+    return header
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def issue_token(
+    settings: Settings, sub: str, ttl: int = 3600, extra: Mapping[str, Any] | None = None
+) -> str:
+    """Sign a token for the configured HS secret (the CLI's `token` and development mode)."""
+    if not settings.jwt_secret or not settings.symmetric:
+        raise ValueError("issuing tokens needs CHAT_JWT_SECRET with an HS* algorithm")
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": sub, "iat": now, "exp": now + ttl}
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    claims.update(extra or {})
+    return str(jws.sign(claims, settings.jwt_secret, algorithm=settings.jwt_algorithms[0]))

@@ -1,0 +1,54 @@
+"""Backends turn a chat request into an async iterator of events.
+
+Every backend yields `thinking`, `content` and finally `done` events (see `sse.Event`), and
+raises `BackendError` for failures it can name; the route adds `start`, the stream encodes.
+The response cache and the `openai` backend plug in behind this one Protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..config import Settings
+from ..sse import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: str  # "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    message: str
+    history: Sequence[Turn] = field(default_factory=tuple)
+
+
+class BackendError(Exception):
+    """A failure the client may be told about: a stable `code` and a safe `message`."""
+
+    def __init__(self, code: str, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class Backend(Protocol):
+    name: str
+    model: str
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[Event]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_backend(settings: Settings) -> Backend:
+    if settings.backend == "demo":
+        from .demo import DemoBackend
+
+        return DemoBackend(settings.demo_delay_scale)
+    raise NotImplementedError(f"CHAT_BACKEND={settings.backend} is not available yet")

@@ -1,0 +1,172 @@
+"""Settings: read once from `CHAT_*` environment variables, validated before anything starts.
+
+Each secret may instead come from a file named by `CHAT_<NAME>_FILE` (Docker and Kubernetes
+secrets are mounted as files). Setting both is refused rather than silently picking one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SECRET_FIELDS = ("jwt_secret", "jwt_public_key", "redis_url", "openai_api_key")
+HS_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
+)
+MIN_PRODUCTION_SECRET_BYTES = 32
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message names the variable and what would be right."""
+
+
+def _csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHAT_", extra="ignore", frozen=True)
+
+    env: Literal["development", "production"] = "development"
+    host: str = "0.0.0.0"  # noqa: S104 - a container must listen beyond loopback
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int | None = Field(None, ge=1, le=256)
+    graceful_timeout: float = Field(60.0, ge=0, le=3600)
+
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_leeway: float = Field(10.0, ge=0, le=30)
+    jwt_max_bytes: int = Field(8192, ge=256, le=65536)
+
+    cors_origins: Annotated[list[str], NoDecode] = []
+    redis_url: str | None = None
+    rate_limit: str = "20/minute"
+    max_streams_per_user: int = Field(3, ge=1)
+    cache_ttl: int = Field(300, ge=0)
+    max_message_chars: int = Field(4000, ge=1)
+    max_body_bytes: int = Field(65536, ge=64)
+    history_turns: int = Field(20, ge=0)
+    history_ttl: int = Field(604800, ge=1)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    sse_ping_seconds: float = Field(15.0, gt=0, le=3600)
+    sse_send_timeout: float = Field(30.0, gt=0, le=3600)
+
+    backend: Literal["demo", "openai"] = "demo"
+    demo_delay_scale: float = Field(1.0, ge=0, le=100)
+    openai_base_url: str | None = None
+    openai_api_key: str | None = None
+    openai_model: str | None = None
+
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.1"]
+
+    _split = field_validator("jwt_algorithms", "cors_origins", "trusted_proxies", mode="before")(
+        _csv
+    )
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_family(cls, value: list[str]) -> list[str]:
+        algorithms = [a.upper() for a in value]
+        unknown = set(algorithms) - HS_ALGORITHMS - ASYMMETRIC_ALGORITHMS
+        if unknown or not algorithms:
+            raise ValueError(f"unsupported algorithm(s) {sorted(unknown)}; use e.g. HS256 or RS256")
+        if set(algorithms) & HS_ALGORITHMS and set(algorithms) - HS_ALGORITHMS:
+            # An HS* secret beside RS*/ES* keys is the classic algorithm-confusion hole.
+            raise ValueError("mixes HS* with RS*/ES*; allow one algorithm family per deployment")
+        return algorithms
+
+    @field_validator("log_level", "log_format", "env", "backend", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def symmetric(self) -> bool:
+        return self.jwt_algorithms[0] in HS_ALGORITHMS
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check the settings; raise ConfigError naming what is wrong."""
+    environ = os.environ if environ is None else environ
+    overrides: dict[str, str] = {}
+    for name in SECRET_FIELDS:
+        variable = f"CHAT_{name.upper()}"
+        path = environ.get(f"{variable}_FILE")
+        if not path:
+            continue
+        if environ.get(variable):
+            raise ConfigError(f"{variable} and {variable}_FILE are both set; set one of them")
+        try:
+            overrides[name] = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{variable}_FILE: cannot read {path!r}: {exc.strerror}") from None
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    _check_keys(settings)
+    if settings.env == "production":
+        _check_production(settings)
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        lines.append(f"CHAT_{field.upper()}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def _check_keys(settings: Settings) -> None:
+    if settings.symmetric and (settings.jwt_public_key or settings.jwt_jwks_url):
+        raise ConfigError(
+            "CHAT_JWT_ALGORITHMS is HS* but a public key or JWKS URL is set; "
+            "use RS*/ES* algorithms with public keys, or CHAT_JWT_SECRET with HS*"
+        )
+    if not settings.symmetric and settings.jwt_secret:
+        raise ConfigError(
+            "CHAT_JWT_SECRET is set but CHAT_JWT_ALGORITHMS is RS*/ES*; "
+            "set CHAT_JWT_PUBLIC_KEY or CHAT_JWT_JWKS_URL instead"
+        )
+    if settings.jwt_public_key and settings.jwt_jwks_url:
+        raise ConfigError("set CHAT_JWT_PUBLIC_KEY or CHAT_JWT_JWKS_URL, not both")
+    if settings.backend == "openai" and not (settings.openai_base_url and settings.openai_model):
+        raise ConfigError("CHAT_BACKEND=openai needs CHAT_OPENAI_BASE_URL and CHAT_OPENAI_MODEL")
+
+
+def _check_production(settings: Settings) -> None:
+    if not settings.has_key:
+        raise ConfigError(
+            "CHAT_ENV=production needs a signing key: set CHAT_JWT_SECRET (or _FILE), "
+            "CHAT_JWT_PUBLIC_KEY (or _FILE) or CHAT_JWT_JWKS_URL"
+        )
+    secret = settings.jwt_secret
+    if secret is not None and len(secret.encode()) < MIN_PRODUCTION_SECRET_BYTES:
+        raise ConfigError(
+            f"CHAT_JWT_SECRET is {len(secret.encode())} bytes; production needs at least "
+            f"{MIN_PRODUCTION_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)"
+        )
+    if "*" in settings.cors_origins:
+        raise ConfigError(
+            "CHAT_CORS_ORIGINS contains '*'; production needs exact origins "
+            "such as https://chat.example.com"
+        )

@@ -1,0 +1,52 @@
+"""FastAPI dependencies: what a route needs, resolved from the request.
+
+`CurrentUser` is the verified bearer token's principal; resources live on `app.state`,
+made in the lifespan (app.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Request
+
+from .auth import AuthError, KeysUnavailable, Principal, TokenVerifier
+from .errors import Unauthorized, Unavailable
+from .observability import metrics
+
+
+async def current_user(request: Request) -> Principal:
+    started = time.perf_counter()
+    try:
+        return await _verify(request)
+    finally:
+        request.state.timing.auth = (time.perf_counter() - started) * 1000
+
+
+async def _verify(request: Request) -> Principal:
+    header = request.headers.get("authorization")
+    if header is None:
+        metrics.auth_failures.labels("missing").inc()
+        raise Unauthorized("missing bearer token", error=None)
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        metrics.auth_failures.labels("malformed").inc()
+        raise Unauthorized("authorization header is not 'Bearer <token>'")
+    verifier: TokenVerifier = request.app.state.verifier
+    try:
+        principal = await verifier.verify(token)
+    except AuthError as exc:
+        metrics.auth_failures.labels(exc.reason).inc()
+        raise Unauthorized(exc.description) from None
+    except KeysUnavailable:
+        metrics.auth_failures.labels("keys_unavailable").inc()
+        raise Unavailable("token keys are unavailable; try again shortly") from None
+    request.state.user = principal.sub
+    structlog.contextvars.bind_contextvars(user=principal.sub)
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]

@@ -1,0 +1,98 @@
+"""The one error shape: JSON `{"detail": ...}` with the right status, never a traceback.
+
+    ServiceError             500, the base; `detail` is safe to show
+    ├── Unauthorized         401, adds `WWW-Authenticate: Bearer` (RFC 6750 §3)
+    ├── PayloadTooLarge      413
+    ├── UnsupportedMediaType 415
+    ├── InvalidInput         422
+    ├── TooManyRequests      429, adds `Retry-After` in whole seconds
+    └── Unavailable          503, a dependency is down and we cannot fail open
+
+`install(app)` maps these, FastAPI's validation errors and Starlette's HTTP errors (404,
+405) onto that shape in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ServiceError(Exception):
+    status = 500
+
+    def __init__(self, detail: Any = "internal error", headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+    def __init__(self, detail: str, *, error: str | None = "invalid_token") -> None:
+        # Without credentials RFC 6750 §3.1 says not to name an error code.
+        challenge = 'Bearer realm="chat-service"'
+        if error:
+            challenge += f', error="{error}", error_description="{detail}"'
+        super().__init__(detail, {"WWW-Authenticate": challenge})
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+
+
+class InvalidInput(ServiceError):
+    status = 422
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+
+    def __init__(self, detail: str, retry_after: float, headers: dict[str, str] | None = None):
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(detail, {**(headers or {}), "Retry-After": str(seconds)})
+
+
+class Unavailable(ServiceError):
+    status = 503
+
+
+def error_response(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status, exc.detail, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # FastAPI echoes the offending input; a 4,000-character message does not belong in an
+    # error body (or in a log line that quotes it), so keep location, message and type only.
+    detail = [
+        {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
+        for error in exc.errors()
+    ]
+    return error_response(422, detail)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, exc.detail, dict(exc.headers or {}))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

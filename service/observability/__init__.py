@@ -1,0 +1,1 @@
+"""Logs, metrics and the per-request middleware that ties them to each request."""

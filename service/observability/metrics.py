@@ -1,0 +1,70 @@
+"""Prometheus metrics. Names are fixed by the contract (dashboards depend on them).
+
+Under gunicorn, PROMETHEUS_MULTIPROC_DIR is set before any worker imports prometheus_client,
+so every worker writes its values to files there and `/metrics` sums them (`collect()`).
+Hot paths stay cheap: per-event counts are accumulated on the stream and added once when it
+ends, because each multiprocess update is a write to a memory-mapped file.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from .. import __version__
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+STREAM_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+http_requests = Counter(
+    "chat_http_requests",
+    "HTTP requests by route template and status.",
+    ["method", "route", "status"],
+)
+http_duration = Histogram(
+    "chat_http_request_duration_seconds",
+    "Time to the end of the response (whole stream for SSE).",
+    ["method", "route"],
+    buckets=STREAM_BUCKETS,
+)
+streams_active = Gauge(
+    "chat_streams_active", "Event streams open right now.", multiprocess_mode="livesum"
+)
+stream_duration = Histogram(
+    "chat_stream_duration_seconds",
+    "Stream duration by outcome.",
+    ["outcome"],
+    buckets=STREAM_BUCKETS,
+)
+time_to_first_token = Histogram(
+    "chat_time_to_first_token_seconds",
+    "From request start to the first content event.",
+    buckets=LATENCY_BUCKETS,
+)
+stream_events = Counter("chat_stream_events", "SSE events sent, by event name.", ["event"])
+rate_limited = Counter("chat_rate_limited", "Requests refused by a limit.", ["limit"])
+cache_requests = Counter("chat_cache_requests", "Response cache look-ups.", ["result"])
+auth_failures = Counter("chat_auth_failures", "Refused bearer tokens, by reason.", ["reason"])
+backend_errors = Counter("chat_backend_errors", "Backend failures, by kind.", ["kind"])
+redis_errors = Counter("chat_redis_errors", "Failed Redis operations, by operation.", ["op"])
+build_info = Gauge(
+    "chat_build_info", "Always 1; the version is a label.", ["version"], multiprocess_mode="max"
+)
+build_info.labels(version=__version__).set(1)
+
+
+def collect() -> bytes:
+    """Prometheus text for this process, or summed over all workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()

@@ -1,0 +1,119 @@
+"""The outermost middleware (pure ASGI, so streams pass through unbuffered and cancellable):
+request id, `Server-Timing`, one access line and the HTTP metrics per request.
+
+The access line is written when the response *ends*, so for a stream it carries the whole
+duration and the stream's summary (outcome, events, bytes, ttft_ms, cache, message_chars).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import error_response
+from ..sse import StreamStats
+from . import metrics
+from .logging import get_logger
+
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+access_log = get_logger("service.access")
+
+
+@dataclass(slots=True)
+class Timing:
+    """Milliseconds spent before the first byte, filled in by the dependencies that spend them."""
+
+    auth: float = 0.0
+    limits: float = 0.0
+    cache: float = 0.0
+
+
+def request_id_from(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if REQUEST_ID.fullmatch(value):
+                return str(value.decode("ascii"))
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_from(scope)
+        state = scope.setdefault("state", {})
+        state["started"] = started
+        timing = state["timing"] = Timing()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        response: dict[str, Any] = {"status": 500, "started": False}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                response["status"] = message["status"]
+                response["started"] = True
+                first_byte_ms = (time.perf_counter() - started) * 1000
+                server_timing = (
+                    f"auth;dur={timing.auth:.2f}, limits;dur={timing.limits:.2f}, "
+                    f"cache;dur={timing.cache:.2f}, total;dur={first_byte_ms:.2f}"
+                )
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-request-id", request_id.encode("ascii")),
+                    (b"server-timing", server_timing.encode("ascii")),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            access_log.exception("unhandled error")
+            if not response["started"]:
+                failure = error_response(500, "internal error")
+                await failure(scope, _disconnected, send_with_headers)
+        finally:
+            self._finish(scope, state, response["status"], started)
+            structlog.contextvars.clear_contextvars()
+
+    def _finish(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
+        duration = time.perf_counter() - started
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope["method"]
+        metrics.http_requests.labels(method, template, str(status)).inc()
+        metrics.http_duration.labels(method, template).observe(duration)
+        fields: dict[str, Any] = {
+            "user": state.get("user"),
+            "method": method,
+            "route": template,
+            "status": status,
+            "duration_ms": round(duration * 1000, 2),
+        }
+        stream: StreamStats | None = state.get("stream")
+        if stream is not None:
+            ttft = stream.first_content_at
+            fields.update(
+                outcome=stream.outcome,
+                events=stream.events,
+                bytes=stream.bytes,
+                ttft_ms=round((ttft - started) * 1000, 2) if ttft is not None else None,
+                cache=state.get("cache", "MISS"),
+                message_chars=state.get("message_chars"),
+            )
+        log = access_log.error if status >= 500 else access_log.info
+        log("stream finished" if stream else "request", **fields)
+
+
+async def _disconnected() -> Message:
+    return {"type": "http.disconnect"}

@@ -1,0 +1,67 @@
+"""Graceful shutdown of open streams, per worker process.
+
+On SIGTERM uvicorn stops accepting connections and then waits for every open response to
+finish, without limit and without telling the application. The worker class calls
+`notify_shutdown()` from its signal handler; each app's `Drain` then marks itself draining
+(so `/readyz` fails and load balancers stop sending) and, once the graceful period is over,
+ends every stream still open with the contract's `shutdown` error event so clients can retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+logger = logging.getLogger("service.shutdown")
+
+
+class Stoppable(Protocol):
+    def stop(self, reason: str) -> None: ...
+
+
+class Drain:
+    def __init__(self, grace_seconds: float) -> None:
+        self.grace_seconds = grace_seconds
+        self.draining = False
+        self.streams: set[Stoppable] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        _drains.add(self)
+
+    def unbind(self) -> None:
+        _drains.discard(self)
+
+    def begin(self) -> None:
+        """Start draining; safe to call from a signal handler (it only schedules work)."""
+        if self._loop is not None and not self.draining:
+            self._loop.call_soon_threadsafe(self._start)
+
+    def _start(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        logger.info(
+            "draining open streams",
+            extra={"streams": len(self.streams), "grace_s": self.grace_seconds},
+        )
+        assert self._loop is not None
+        self._loop.call_later(self.grace_seconds, self._end_streams)
+
+    def _end_streams(self) -> None:
+        if self.streams:
+            logger.warning(
+                "graceful period over; ending open streams", extra={"streams": len(self.streams)}
+            )
+        for stream in list(self.streams):
+            stream.stop("shutdown")
+
+
+_drains: set[Drain] = set()
+
+
+def notify_shutdown() -> None:
+    for drain in list(_drains):
+        drain.begin()

@@ -1,0 +1,186 @@
+"""Server-Sent Events: the event type, its wire encoding, and the streaming response.
+
+The response is a pure ASGI callable rather than sse-starlette's EventSourceResponse or a
+Starlette StreamingResponse with a task group: it runs the generator in the request's own
+task and adds only two small helpers, named for what they wait on:
+
+- `_listen_for_disconnect` waits on `receive()`; when the client goes, it cancels the
+  generation, so an upstream request is closed within the same event-loop turn;
+- `_keepalive` wakes every ping interval; an idle stream gets a `: ping` comment (the
+  WHATWG SSE comment syntax, ignored by every parser) so proxies with idle timeouts do not cut
+  a slow first token, and a stream whose send has been stuck behind a client that stopped
+  reading for `send_timeout` is cut off instead of holding a buffer forever.
+
+Shutdown: the worker's `Drain` ends still-open streams with an `error` event
+`{"code": "shutdown"}` once the graceful period is over, because uvicorn on SIGTERM waits for
+streaming responses without limit and never tells the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+logger = logging.getLogger("service.sse")
+
+PING = b": ping\n\n"
+SSE_HEADERS = {
+    "cache-control": "no-cache",
+    # nginx honours this per response, so buffering stays off even behind a default config.
+    "x-accel-buffering": "no",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One SSE event: `name` goes to the `event:` field, `data` is JSON on one `data:` line."""
+
+    name: str
+    data: dict[str, Any]
+
+
+def encode(event: Event, event_id: int) -> bytes:
+    # json.dumps escapes CR and LF inside strings, so the payload is always one `data:` line.
+    data = json.dumps(event.data, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {event_id}\nevent: {event.name}\ndata: {data}\n\n".encode()
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """What the access line and the metrics say about one stream when it ends."""
+
+    outcome: str = "done"
+    events: int = 0
+    bytes: int = 0
+    first_content_at: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class EventStream(Response):
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncIterator[Event],
+        *,
+        ping_seconds: float,
+        send_timeout: float,
+        headers: dict[str, str] | None = None,
+        on_start: Callable[[EventStream], None] | None = None,
+        on_end: Callable[[EventStream], None] | None = None,
+    ) -> None:
+        self.events = events
+        self.ping_seconds = ping_seconds
+        self.send_timeout = send_timeout
+        self.on_start = on_start
+        self.on_end = on_end
+        self.stats = StreamStats()
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**SSE_HEADERS, **(headers or {})})
+        self._task: asyncio.Task[Any] | None = None
+        self._stop_reason: str | None = None
+        self._sending = False
+
+    def stop(self, reason: str) -> None:
+        """End the stream from outside its task: `disconnected`, `slow_client` or `shutdown`."""
+        if self._task is not None and self._stop_reason is None:
+            self._stop_reason = reason
+            self._task.cancel()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._task = asyncio.current_task()
+        scope.setdefault("state", {})["stream"] = self.stats
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        helpers = (
+            asyncio.create_task(self._listen_for_disconnect(receive)),
+            asyncio.create_task(self._keepalive(send)),
+        )
+        if self.on_start:
+            self.on_start(self)
+        try:
+            await self._stream(send)
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            await self.events.aclose()  # type: ignore[attr-defined]
+            if self.on_end:
+                self.on_end(self)
+
+    async def _stream(self, send: Send) -> None:
+        stats = self.stats
+        event_id = 0
+        try:
+            try:
+                async for event in self.events:
+                    event_id += 1
+                    await self._send_event(send, event, event_id)
+                    if event.name == "content" and stats.first_content_at is None:
+                        stats.first_content_at = time.perf_counter()
+                    elif event.name == "error":
+                        stats.outcome = "error"
+            except asyncio.CancelledError:
+                if self._stop_reason is None:
+                    raise  # the server itself is cancelling us: let it
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                stats.outcome = "shutdown" if self._stop_reason == "shutdown" else "disconnected"
+                if self._stop_reason != "shutdown":
+                    return  # nobody is reading any more
+                shutdown = Event("error", {"code": "shutdown", "message": "server is restarting"})
+                await self._send_event(send, shutdown, event_id + 1)
+            except Exception:
+                logger.exception("stream failed")
+                stats.outcome = "error"
+                failure = Event("error", {"code": "internal", "message": "internal error"})
+                await self._send_event(send, failure, event_id + 1)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            stats.outcome = "disconnected"  # the client went away between events
+
+    async def _send_event(self, send: Send, event: Event, event_id: int) -> None:
+        body = encode(event, event_id)
+        self._sending = True
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        self._sending = False
+        stats = self.stats
+        stats.events += 1
+        stats.bytes += len(body)
+        stats.counts[event.name] = stats.counts.get(event.name, 0) + 1
+
+    async def _listen_for_disconnect(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.stop("disconnected")
+                return
+
+    async def _keepalive(self, send: Send) -> None:
+        # Checked once a tick rather than timed per event, so the hot path pays nothing: an
+        # idle stream is pinged between one and two intervals after its last event.
+        tick = min(self.ping_seconds, self.send_timeout)
+        seen = 0
+        idle = stalled = 0.0
+        while True:
+            await asyncio.sleep(tick)
+            events = self.stats.events
+            if events != seen:
+                seen, idle, stalled = events, 0.0, 0.0
+                continue
+            if self._sending:
+                stalled += tick
+                if stalled >= self.send_timeout:
+                    self.stop("slow_client")
+                    return
+                continue
+            idle += tick
+            if idle >= self.ping_seconds:
+                idle = 0.0
+                await send({"type": "http.response.body", "body": PING, "more_body": True})

@@ -1,0 +1,135 @@
+"""Bad input gets a clear JSON error and the right status, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.support.tokens import bearer
+
+
+def _detail(response: httpx.Response) -> object:
+    assert response.headers["content-type"] == "application/json"
+    return response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message": ""},
+        {"message": "   \n\t "},
+        {"message": "x" * 4001},
+        {"message": 42},
+        {"message": None},
+        {"text": "no message field"},
+        [],
+        "just a string",
+        {"message": "ok", "conversation_id": "has spaces and / slashes"},
+    ],
+    ids=[
+        "empty",
+        "whitespace",
+        "too-long",
+        "number",
+        "null",
+        "missing",
+        "list",
+        "string",
+        "bad-id",
+    ],
+)
+def test_bad_messages_get_422(client: httpx.Client, body: object) -> None:
+    response = client.post("/chat", json=body, headers=bearer())
+
+    assert response.status_code == 422
+    assert _detail(response)
+
+
+def test_invalid_json_gets_422(client: httpx.Client) -> None:
+    response = client.post(
+        "/chat",
+        content=b'{"message": "unterminated',
+        headers={**bearer(), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422
+    assert _detail(response)
+
+
+def test_a_message_of_exactly_the_limit_is_accepted(client: httpx.Client) -> None:
+    response = client.post("/chat", json={"message": "x" * 4000}, headers=bearer())
+
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/chat/%20%20", "/chat/" + "y" * 4001])
+def test_bad_path_messages_get_422(client: httpx.Client, path: str) -> None:
+    response = client.get(path, headers=bearer())
+
+    assert response.status_code == 422
+    assert _detail(response)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_json_gets_415(client: httpx.Client, content_type: str | None) -> None:
+    headers = bearer()
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = client.post("/chat", content=b"message=hi", headers=headers)
+
+    assert response.status_code == 415
+    assert _detail(response)
+
+
+def test_an_oversized_body_gets_413_from_its_declared_length(client: httpx.Client) -> None:
+    response = client.post(
+        "/chat",
+        content=b"{" + b" " * 70_000 + b"}",
+        headers={**bearer(), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 413
+    assert _detail(response)
+
+
+def test_an_oversized_chunked_body_gets_413_before_it_is_read_whole(client: httpx.Client) -> None:
+    def chunks():  # no Content-Length: the service must count as it reads
+        yield b'{"message": "'
+        for _ in range(200):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = client.post(
+        "/chat", content=chunks(), headers={**bearer(), "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 413
+
+
+def test_unknown_routes_and_methods_are_json(client: httpx.Client) -> None:
+    assert client.get("/nope").status_code == 404
+    assert _detail(client.get("/nope"))
+    response = client.put("/chat", json={"message": "hi"}, headers=bearer())
+    assert response.status_code == 405
+    assert _detail(response)
+
+
+def test_request_id_is_echoed_when_valid_and_replaced_when_not(client: httpx.Client) -> None:
+    assert (
+        client.get("/healthz", headers={"X-Request-ID": "abc-123._X"}).headers["x-request-id"]
+        == "abc-123._X"
+    )
+    replaced = client.get("/healthz", headers={"X-Request-ID": "bad id!"}).headers["x-request-id"]
+    assert replaced != "bad id!" and len(replaced) == 32
+    too_long = client.get("/healthz", headers={"X-Request-ID": "a" * 129}).headers["x-request-id"]
+    assert too_long != "a" * 129
+    assert client.get("/nope").headers["x-request-id"]
+    assert "total;dur=" in client.get("/healthz").headers["server-timing"]
+
+
+def test_health_and_docs(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "/chat" in spec["paths"] and "/chat/{message}" in spec["paths"]
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,64 @@
+"""SIGTERM: open streams finish within the graceful period; those still open after it end
+with an `error` event `{"code": "shutdown"}`; /readyz fails while draining."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+
+from tests.support.service import running_service
+from tests.support.sse import Stream, stream_chat
+from tests.support.tokens import bearer
+
+
+def _stream_in_background(url: str, result: list[Stream]) -> threading.Thread:
+    def run() -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            result.append(stream_chat(http, "GET", "/chat/drain-me", headers=bearer()))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_sigterm_drains_an_open_stream_to_done() -> None:
+    with running_service({"CHAT_DEMO_DELAY_SCALE": "0.5"}, workers=2) as svc:
+        result: list[Stream] = []
+        thread = _stream_in_background(svc.url, result)
+        # Wait until the stream is really open: the gauge is written as it starts.
+        _wait_open(svc.url)
+        svc.proc.send_signal(signal.SIGTERM)
+        thread.join(30)
+        assert svc.proc.wait(30) == 0
+
+    (stream,) = result
+    assert stream.names[-1] == "done"
+    assert stream.text.startswith("You said: drain-me.")
+
+
+def test_streams_still_open_after_the_graceful_period_end_with_a_shutdown_event() -> None:
+    env = {"CHAT_DEMO_DELAY_SCALE": "20", "CHAT_GRACEFUL_TIMEOUT": "1"}
+    with running_service(env, workers=1) as svc:
+        result: list[Stream] = []
+        thread = _stream_in_background(svc.url, result)
+        _wait_open(svc.url)
+        svc.proc.send_signal(signal.SIGTERM)
+        thread.join(30)
+        assert svc.proc.wait(30) == 0
+        svc.wait_for(lambda lines: any('"outcome": "shutdown"' in line for line in lines))
+
+    (stream,) = result
+    assert stream.names[-1] == "error"
+    assert stream.events[-1].data["code"] == "shutdown"
+
+
+def _wait_open(url: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if "chat_streams_active 1.0" in httpx.get(f"{url}/metrics").text:
+            return
+        time.sleep(0.02)  # the gauge lives in another process; there is no event to await
+    raise TimeoutError("stream never opened")

@@ -1,0 +1,101 @@
+"""Start-up: production refuses unsafe configuration with a clear message; development
+makes one key for all workers and logs a token that works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import pytest
+
+from tests.support.service import (
+    REPO,
+    chat_service_command,
+    free_port,
+    running_service,
+    service_env,
+)
+from tests.support.sse import stream_chat
+
+
+def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*chat_service_command(), "serve"],
+        env=service_env({"CHAT_ENV": "production", **env}, port=free_port()),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"CHAT_JWT_SECRET": ""}, "CHAT_JWT_SECRET"),
+        ({"CHAT_JWT_SECRET": "short-secret"}, "CHAT_JWT_SECRET"),
+        ({"CHAT_CORS_ORIGINS": "https://a.example.com,*"}, "CHAT_CORS_ORIGINS"),
+        ({"CHAT_JWT_ALGORITHMS": "HS256,RS256"}, "CHAT_JWT_ALGORITHMS"),
+        ({"CHAT_PORT": "eighty"}, "CHAT_PORT"),
+    ],
+    ids=["missing-key", "short-secret", "wildcard-cors", "mixed-families", "bad-port"],
+)
+def test_production_refuses_to_start(env: dict[str, str], names: str) -> None:
+    result = _serve(env)
+
+    assert result.returncode == 2
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line]
+    refusal = next(line for line in lines if line["level"] == "critical")
+    assert names in refusal["error"]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_secret_from_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 40 + "\n")
+    env = {
+        "CHAT_ENV": "production",
+        "CHAT_JWT_SECRET": "",
+        "CHAT_JWT_SECRET_FILE": str(secret_file),
+    }
+    from tests.support.tokens import make_token
+
+    with running_service(env, workers=1) as svc, httpx.Client(base_url=svc.url) as http:
+        token = make_token(secret="s" * 40)
+        response = http.get("/chat/hi", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+
+
+def test_development_mode_logs_a_working_token_shared_by_all_workers() -> None:
+    with running_service({"CHAT_JWT_SECRET": ""}, workers=2) as svc:
+        record = next(r for r in svc.records() if "token" in r)
+        assert record["url"] == f"http://127.0.0.1:{svc.port}/#token={record['token']}"
+        auth = {"Authorization": f"Bearer {record['token']}"}
+        with httpx.Client(base_url=svc.url) as http:
+            # Several connections, so both workers answer at least once in all likelihood;
+            # every one of them must accept the same token.
+            statuses = set()
+            for _ in range(8):
+                with httpx.Client(base_url=svc.url) as fresh:
+                    statuses.add(stream_chat(fresh, "GET", "/chat/hi", headers=auth).status)
+            assert statuses == {200}
+            assert http.get("/healthz").status_code == 200
+
+
+def test_token_command_prints_a_token_the_service_accepts() -> None:
+    with running_service(workers=1) as svc:
+        result = subprocess.run(
+            [*chat_service_command(), "token", "--sub", "bob", "--ttl", "60"],
+            env=svc.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        token = result.stdout.strip()
+        with httpx.Client(base_url=svc.url) as http:
+            stream = stream_chat(
+                http, "GET", "/chat/hi", headers={"Authorization": f"Bearer {token}"}
+            )
+    assert stream.status == 200
+    assert any(r.get("user") == "bob" for r in svc.records())

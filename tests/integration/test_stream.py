@@ -1,0 +1,118 @@
+"""The SSE stream over real HTTP: event order and fields, ids, headers, text, pacing."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from service.backends.demo import THINKING_STEPS, reply_for
+from tests.support.service import running_service
+from tests.support.sse import stream_chat
+from tests.support.tokens import bearer
+
+
+def test_events_come_in_the_contract_order_with_ids_and_fields(client: httpx.Client) -> None:
+    stream = stream_chat(client, "GET", "/chat/hello", headers=bearer())
+
+    assert stream.status == 200
+    names = stream.names
+    assert names[0] == "start" and names[-1] == "done"
+    assert names[1:5] == ["thinking"] * 4
+    assert set(names[5:-1]) == {"content"}
+    assert [e.id for e in stream.events] == [str(i) for i in range(1, len(names) + 1)]
+    assert "message" in stream.events[0].data
+    assert [e.data["step"] for e in stream.events[1:5]] == list(THINKING_STEPS)
+    assert "reason" in stream.events[-1].data
+    assert stream.text == reply_for("hello")
+    assert stream.text.startswith("You said: hello.")
+
+
+def test_wire_format_is_exact(client: httpx.Client) -> None:
+    stream = stream_chat(client, "GET", "/chat/hi", headers=bearer())
+
+    assert stream.raw.startswith(b'id: 1\nevent: start\ndata: {"message":"connected"}\n\n')
+    assert b'id: 6\nevent: content\ndata: {"text":"Y"}\n\n' in stream.raw
+    assert stream.raw.endswith(b"\n\n")
+
+
+def test_sse_headers(client: httpx.Client) -> None:
+    stream = stream_chat(
+        client, "GET", "/chat/hi", headers={**bearer(), "Accept-Encoding": "gzip, br"}
+    )
+
+    headers = stream.headers
+    assert headers["content-type"].startswith("text/event-stream")
+    assert headers["cache-control"] == "no-cache"
+    assert headers["x-accel-buffering"] == "no"
+    assert headers["x-cache"] in ("HIT", "MISS")
+    assert "connection" not in headers  # illegal under HTTP/2 (RFC 9113 §8.2.2)
+    assert "content-encoding" not in headers
+    assert len(headers["x-request-id"]) >= 1
+    assert "auth;dur=" in headers["server-timing"]
+    assert "limits;dur=" in headers["server-timing"]
+    assert "cache;dur=" in headers["server-timing"]
+
+
+@pytest.mark.parametrize("message", ["你好，世界", "emoji 🎉👍🏽 ok", "mixed 中文 and ✨"])
+def test_chinese_and_emoji_come_back_intact_by_get_and_post(
+    client: httpx.Client, message: str
+) -> None:
+    by_get = stream_chat(client, "GET", f"/chat/{quote(message)}", headers=bearer())
+    by_post = stream_chat(client, "POST", "/chat", json={"message": message}, headers=bearer())
+
+    assert by_get.text == reply_for(message)
+    assert by_post.text == reply_for(message)
+    assert b"\\u" not in by_post.raw  # raw UTF-8 on the wire, not \\u escapes
+    assert message[0].encode() in by_post.raw
+
+
+def test_post_with_the_examples_body(client: httpx.Client) -> None:
+    stream = stream_chat(
+        client,
+        "POST",
+        "/chat",
+        content=json.dumps({"message": "hello"}),
+        headers={**bearer(), "Content-Type": "application/json"},
+    )
+
+    assert stream.status == 200
+    assert stream.names[-1] == "done"
+
+
+def test_events_arrive_incrementally_at_the_demo_pace() -> None:
+    """Delays on (scale 1): thinking at once, first content at about 2.0 s, the rest spread."""
+    with (
+        running_service({"CHAT_DEMO_DELAY_SCALE": "1"}, workers=1) as svc,
+        httpx.Client(base_url=svc.url, timeout=30) as http,
+    ):
+        stream = stream_chat(http, "GET", "/chat/hi", headers=bearer())
+
+    first_content = next(e for e in stream.events if e.name == "content")
+    assert stream.events[0].at < 0.5
+    assert stream.events[1].at < 0.5
+    assert 1.9 <= first_content.at < 2.6
+    contents = [e.at for e in stream.events if e.name == "content"]
+    # 0.03 s apart: the whole reply takes about n * 0.03 s, not one burst at the end.
+    assert contents[-1] - contents[0] >= (len(contents) - 1) * 0.03 * 0.9
+    assert stream.names[-1] == "done"
+
+
+def test_get_root_streams_plain_text_to_curl(client: httpx.Client) -> None:
+    response = client.get("/", headers={"Accept": "*/*"})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "Server-Sent Events" in response.text
+
+
+def test_get_root_serves_the_page_to_browsers(client: httpx.Client) -> None:
+    accept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    response = client.get("/", headers={"Accept": accept})
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert "<html" in response.text.lower()
