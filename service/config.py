@@ -7,7 +7,6 @@ secrets are mounted as files). Setting both is refused rather than silently pick
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -103,9 +102,10 @@ class Settings(BaseSettings):
         return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url)
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and check the settings; raise ConfigError naming what is wrong."""
-    environ = os.environ if environ is None else environ
+def load_settings() -> Settings:
+    """Read and check the settings from the environment; raise ConfigError naming what is
+    wrong."""
+    environ = os.environ
     overrides: dict[str, str] = {}
     for name in SECRET_FIELDS:
         variable = f"CHAT_{name.upper()}"

@@ -110,3 +110,18 @@ def test_log_lines_are_json_for_gunicorn_and_uvicorn_too(service: Service) -> No
 
     assert {"gunicorn.error", "uvicorn.error", "service.access"} <= loggers
     assert all(json.dumps(r) for r in service.records())
+
+
+def test_metrics_port_serves_metrics_only_and_the_main_port_hides_them() -> None:
+    from tests.support.service import free_port
+
+    metrics_port = free_port()
+    with running_service({"CHAT_METRICS_PORT": str(metrics_port)}, workers=1) as svc:
+        metrics_url = f"http://127.0.0.1:{metrics_port}"
+        assert httpx.get(f"{svc.url}/metrics").status_code == 404
+        assert httpx.get(f"{svc.url}/healthz").status_code == 200
+        scraped = httpx.get(f"{metrics_url}/metrics")
+        assert scraped.status_code == 200
+        assert "chat_build_info" in scraped.text
+        assert httpx.get(f"{metrics_url}/healthz").status_code == 404
+        assert httpx.get(f"{metrics_url}/chat/hi", headers=bearer()).status_code == 404
