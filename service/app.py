@@ -19,12 +19,15 @@ from . import __version__, errors
 from .auth import TokenVerifier
 from .backends import make_backend
 from .body_limit import BodyLimit
+from .cache import ResponseCache
 from .config import Settings, load_settings
 from .cors import CORS
+from .limits import RateLimits, StreamSlots
 from .observability.logging import get_logger
 from .observability.middleware import RequestContext
 from .routes import chat, health, metrics, pages
 from .shutdown import Drain
+from .store import Store
 
 log = get_logger("service.app")
 
@@ -39,15 +42,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.drain.bind(asyncio.get_running_loop())
-        app.state.verifier = TokenVerifier(settings)
-        app.state.backend = make_backend(settings)
+        state = app.state
+        state.drain.bind(asyncio.get_running_loop())
+        state.verifier = TokenVerifier(settings)
+        state.backend = make_backend(settings)
+        state.store = Store(settings.redis_url) if settings.redis_url else None
+        state.rate_limits = RateLimits(settings.rate_limit, state.store)
+        state.stream_slots = StreamSlots(
+            settings.max_streams_per_user, state.store, settings.stream_lease_seconds
+        )
+        state.cache = ResponseCache(settings.cache_ttl, state.store)
         try:
             yield
         finally:
-            app.state.drain.unbind()
-            await app.state.backend.aclose()
-            await app.state.verifier.aclose()
+            state.drain.unbind()
+            await state.stream_slots.aclose()
+            await state.backend.aclose()
+            await state.verifier.aclose()
+            if state.store is not None:
+                await state.store.aclose()
 
     app = FastAPI(
         title="chat-service",

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     rate_limit: str = "20/minute"
     max_streams_per_user: int = Field(3, ge=1)
+    stream_lease_seconds: float = Field(15.0, ge=1, le=300)
     cache_ttl: int = Field(300, ge=0)
     max_message_chars: int = Field(4000, ge=1)
     max_body_bytes: int = Field(65536, ge=64)
@@ -87,6 +88,24 @@ class Settings(BaseSettings):
             # An HS* secret beside RS*/ES* keys is the classic algorithm-confusion hole.
             raise ValueError("mixes HS* with RS*/ES*; allow one algorithm family per deployment")
         return algorithms
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_syntax(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError("use the limits syntax, e.g. 20/minute or 100/hour") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use a redis://, rediss:// or unix:// URL")
+        return value or None
 
     @field_validator("log_level", "log_format", "env", "backend", mode="before")
     @classmethod

@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +75,7 @@ class EventStream(Response):
         send_timeout: float,
         headers: dict[str, str] | None = None,
         on_start: Callable[[EventStream], None] | None = None,
-        on_end: Callable[[EventStream], None] | None = None,
+        on_end: Callable[[EventStream], Awaitable[None]] | None = None,
     ) -> None:
         self.events = events
         self.ping_seconds = ping_seconds
@@ -99,21 +99,24 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
         scope.setdefault("state", {})["stream"] = self.stats
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        helpers = (
-            asyncio.create_task(self._listen_for_disconnect(receive)),
-            asyncio.create_task(self._keepalive(send)),
-        )
         if self.on_start:
             self.on_start(self)
+        helpers: tuple[asyncio.Task[None], ...] = ()
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            helpers = (
+                asyncio.create_task(self._listen_for_disconnect(receive)),
+                asyncio.create_task(self._keepalive(send)),
+            )
             await self._stream(send)
+        except OSError:
+            self.stats.outcome = "disconnected"  # gone before the first byte
         finally:
             for helper in helpers:
                 helper.cancel()
             await self.events.aclose()  # type: ignore[attr-defined]
             if self.on_end:
-                self.on_end(self)
+                await self.on_end(self)
 
     async def _stream(self, send: Send) -> None:
         stats = self.stats

@@ -11,7 +11,13 @@ from tests.support.service import Service, running_service
 @pytest.fixture(scope="session")
 def service() -> Iterator[Service]:
     """One real service (2 workers, no demo delays) shared by tests that only read from it."""
-    with running_service({"CHAT_CORS_ORIGINS": "https://app.example.com"}) as svc:
+    env = {
+        "CHAT_CORS_ORIGINS": "https://app.example.com",
+        # Limits out of the way: their own tests set them.
+        "CHAT_RATE_LIMIT": "100000/minute",
+        "CHAT_MAX_STREAMS_PER_USER": "1000",
+    }
+    with running_service(env) as svc:
         yield svc
 
 

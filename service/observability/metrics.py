@@ -53,6 +53,9 @@ stream_events = Counter("chat_stream_events", "SSE events sent, by event name.",
 rate_limited = Counter("chat_rate_limited", "Requests refused by a limit.", ["limit"])
 cache_requests = Counter("chat_cache_requests", "Response cache look-ups.", ["result"])
 auth_failures = Counter("chat_auth_failures", "Refused bearer tokens, by reason.", ["reason"])
+backend_streams = Counter(
+    "chat_backend_streams", "Generations started on the backend (cache hits excluded).", ["backend"]
+)
 backend_errors = Counter("chat_backend_errors", "Backend failures, by kind.", ["kind"])
 redis_errors = Counter("chat_redis_errors", "Failed Redis operations, by operation.", ["op"])
 build_info = Gauge(

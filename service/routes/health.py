@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..shutdown import Drain
+from ..store import Store
 
 router = APIRouter(tags=["health"])
 
@@ -22,4 +23,7 @@ async def readyz(request: Request) -> JSONResponse:
     drain: Drain = request.app.state.drain
     if drain.draining:
         return JSONResponse({"detail": "shutting down"}, status_code=503)
+    store: Store | None = request.app.state.store
+    if store is not None and not await store.ping():
+        return JSONResponse({"detail": "redis unavailable"}, status_code=503)
     return JSONResponse({"status": "ready"})

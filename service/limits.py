@@ -1,0 +1,162 @@
+"""Rate limits and open-stream limits, per user, across workers and pods when Redis is set.
+
+Rate: the `limits` library's moving window (exact: at most N in any window, so no burst at a
+window boundary) through its asyncio API, so no check blocks the event loop; in Redis with
+`CHAT_REDIS_URL`, in process memory otherwise. slowapi is not used: it checks Redis
+synchronously and its middleware buffers streams.
+
+Open streams: each stream holds a lease in a Redis sorted set per user (member = stream id,
+score = lease expiry). A worker renews its leases in one pipeline every third of the lease
+time; a worker killed with SIGKILL stops renewing, so its slots free themselves within one
+lease (CHAT_STREAM_LEASE_SECONDS) instead of locking the user out.
+
+Redis failures fail open (the request goes ahead), through `Store.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+from limits import parse
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from .store import Store
+
+# KEYS[1] = the user's lease set; ARGV = now, lease expiry, max streams, stream id.
+# Drops expired leases, then adds this one if there is room. Returns 1 or 0.
+ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RateResult:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_seconds),
+        }
+
+
+class RateLimits:
+    def __init__(self, rate: str, store: Store | None) -> None:
+        self.item = parse(rate)
+        self.store = store
+        storage = (
+            RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                key_prefix="chat:rate",
+                connection_pool=store.redis.connection_pool,  # type: ignore[arg-type]
+            )
+            if store is not None
+            else MemoryStorage()
+        )
+        self.limiter = MovingWindowRateLimiter(storage)
+
+    async def hit(self, key: str) -> RateResult:
+        item = self.item
+        if self.store is None:
+            return self._result(await self.limiter.hit(item, key), *await self._stats(key))
+        allowed = await self.store.call("rate_limit", lambda: self.limiter.hit(item, key), True)
+        reset_at, remaining = await self.store.call(
+            "rate_limit", lambda: self._stats(key), (time.time(), item.amount)
+        )
+        return self._result(allowed, reset_at, remaining)
+
+    async def _stats(self, key: str) -> tuple[float, int]:
+        stats = await self.limiter.get_window_stats(self.item, key)
+        return stats.reset_time, stats.remaining
+
+    def _result(self, allowed: bool, reset_at: float, remaining: int) -> RateResult:
+        reset = max(1 if not allowed else 0, math.ceil(reset_at - time.time()))
+        return RateResult(allowed, self.item.amount, max(0, remaining), reset)
+
+
+class StreamSlots:
+    """At most `limit` open streams per user; `acquire` returns a slot id or None."""
+
+    def __init__(self, limit: int, store: Store | None, lease_seconds: float) -> None:
+        self.limit = limit
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self._local: Counter[str] = Counter()
+        self._held: dict[str, str] = {}  # slot id -> user, for renewal and release
+        self._acquire = store.redis.register_script(ACQUIRE) if store is not None else None
+        self._renewer: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _key(user: str) -> str:
+        return f"chat:streams:{user}"
+
+    async def acquire(self, user: str) -> str | None:
+        slot = uuid.uuid4().hex
+        if self.store is None or self._acquire is None:
+            if self._local[user] >= self.limit:
+                return None
+            self._local[user] += 1
+        else:
+            now = time.time()
+            script = self._acquire
+            args: list[float | str] = [now, now + self.lease_seconds, self.limit, slot]
+            acquired = await self.store.call(
+                "stream_slot", lambda: script(keys=[self._key(user)], args=args), 1
+            )
+            if not acquired:
+                return None
+            self._ensure_renewer()
+        self._held[slot] = user
+        return slot
+
+    async def release(self, slot: str) -> None:
+        user = self._held.pop(slot, None)
+        if user is None:
+            return
+        if self.store is None:
+            self._local[user] -= 1
+            if self._local[user] <= 0:
+                del self._local[user]
+            return
+        redis = self.store.redis
+        await self.store.call("stream_slot", lambda: redis.zrem(self._key(user), slot), 0)
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        assert self.store is not None
+        redis = self.store.redis
+        while self._held:
+            await asyncio.sleep(self.lease_seconds / 3)
+
+            async def renew(expiry: float = time.time() + self.lease_seconds) -> None:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for slot, user in self._held.items():
+                        pipe.zadd(self._key(user), {slot: expiry}, xx=True)
+                        pipe.expireat(self._key(user), math.ceil(expiry))
+                    await pipe.execute()
+
+            await self.store.call("stream_slot", renew, None)
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
