@@ -21,11 +21,12 @@ from .backends import make_backend
 from .body_limit import BodyLimit
 from .cache import ResponseCache
 from .config import Settings, load_settings
+from .conversations import Conversations
 from .cors import CORS
 from .limits import RateLimits, StreamSlots
 from .observability.logging import get_logger
 from .observability.middleware import RequestContext
-from .routes import chat, health, metrics, pages
+from .routes import chat, conversations, health, metrics, pages
 from .shutdown import Drain
 from .store import Store
 
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.max_streams_per_user, state.store, settings.stream_lease_seconds
         )
         state.cache = ResponseCache(settings.cache_ttl, state.store)
+        state.conversations = Conversations(
+            state.store, settings.history_turns, settings.history_ttl
+        )
         try:
             yield
         finally:
@@ -71,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.drain = Drain(settings.graceful_timeout)
     app.state.page = pages.load_page()
-    for router in (pages.router, chat.router, health.router, metrics.router):
+    routers = (pages.router, chat.router, conversations.router, health.router, metrics.router)
+    for router in routers:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR, check_dir=False), name="static")
     errors.install(app)

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_api_key: str | None = None
     openai_model: str | None = None
+    openai_connect_timeout: float = Field(5.0, gt=0, le=120)
+    openai_idle_timeout: float = Field(60.0, gt=0, le=3600)
+    openai_retries: int = Field(2, ge=0, le=5)
 
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"

@@ -2,11 +2,13 @@
 
     ServiceError             500, the base; `detail` is safe to show
     ├── Unauthorized         401, adds `WWW-Authenticate: Bearer` (RFC 6750 §3)
+    ├── NotFoundError        404
     ├── PayloadTooLarge      413
     ├── UnsupportedMediaType 415
     ├── InvalidInput         422
     ├── TooManyRequests      429, adds `Retry-After` in whole seconds
-    └── Unavailable          503, a dependency is down and we cannot fail open
+    ├── Unavailable          503, a dependency is down and we cannot fail open
+    └── UpstreamFailed       502/503/504 with a stable `code`: the model refused or is away
 
 `install(app)` maps these, FastAPI's validation errors and Starlette's HTTP errors (404,
 405) onto that shape in one place.
@@ -43,6 +45,10 @@ class Unauthorized(ServiceError):
         super().__init__(detail, {"WWW-Authenticate": challenge})
 
 
+class NotFoundError(ServiceError):
+    status = 404
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
 
@@ -67,12 +73,24 @@ class Unavailable(ServiceError):
     status = 503
 
 
+class UpstreamFailed(ServiceError):
+    """The backend refused before the stream began: 502, 503 or 504 with a stable `code`."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 def error_response(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
+    if isinstance(exc, UpstreamFailed):
+        body = {"detail": exc.detail, "code": exc.code}
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
     return error_response(exc.status, exc.detail, exc.headers)
 
 

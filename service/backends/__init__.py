@@ -1,8 +1,10 @@
 """Backends turn a chat request into an async iterator of events.
 
-Every backend yields `thinking`, `content` and finally `done` events (see `sse.Event`), and
-raises `BackendError` for failures it can name; the route adds `start`, the stream encodes.
-The response cache and the `openai` backend plug in behind this one Protocol.
+`open()` starts the generation and raises `BackendError` if it is refused, so the route can
+still answer with a JSON error and a status; the iterator it returns yields `thinking`,
+`content` and finally `done` events (see `sse.Event`), and raises `BackendError` for
+failures it can name once streaming, which become an `error` event. The route adds `start`,
+the stream encodes. The response cache and each backend plug in behind this one Protocol.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Backend(Protocol):
     name: str
     model: str
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[Event]: ...
+    async def open(self, request: ChatRequest) -> AsyncIterator[Event]: ...
 
     async def aclose(self) -> None: ...
 
@@ -51,4 +53,6 @@ def make_backend(settings: Settings) -> Backend:
         from .demo import DemoBackend
 
         return DemoBackend(settings.demo_delay_scale)
-    raise NotImplementedError(f"CHAT_BACKEND={settings.backend} is not available yet")
+    from .openai import OpenAIBackend
+
+    return OpenAIBackend(settings)

@@ -44,7 +44,10 @@ class DemoBackend:
     def __init__(self, delay_scale: float = 1.0) -> None:
         self.delay_scale = delay_scale
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+    async def open(self, request: ChatRequest) -> AsyncIterator[Event]:
+        return self._stream(request)
+
+    async def _stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         thinking_pause = THINKING_PAUSE * self.delay_scale
         character_pause = CHARACTER_PAUSE * self.delay_scale
         for step in THINKING_STEPS:

@@ -7,7 +7,7 @@ open-stream slot -> cache look-up -> backend or replay -> sse.EventStream.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Annotated, Any, cast
 
@@ -15,11 +15,19 @@ from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..auth import Principal
-from ..backends import Backend, BackendError, ChatRequest
+from ..backends import Backend, BackendError, ChatRequest, Turn
 from ..cache import ResponseCache, cache_key
 from ..config import Settings
+from ..conversations import Conversations, HistoryUnavailable, NotFound
 from ..deps import CurrentUser, RateLimited
-from ..errors import InvalidInput, TooManyRequests, UnsupportedMediaType
+from ..errors import (
+    InvalidInput,
+    NotFoundError,
+    TooManyRequests,
+    Unavailable,
+    UnsupportedMediaType,
+    UpstreamFailed,
+)
 from ..limits import RateResult, StreamSlots
 from ..observability import metrics
 from ..shutdown import Drain
@@ -78,7 +86,8 @@ async def chat_get(
 async def chat_post(request: Request, user: CurrentUser, rate: RateLimited) -> EventStream:
     """Stream a reply to `{"message": ...}`."""
     body = await _json_body(request)
-    return await _respond(request, user, rate, _checked(request, body.message))
+    message = _checked(request, body.message)
+    return await _respond(request, user, rate, message, body.conversation_id)
 
 
 async def _json_body(request: Request) -> ChatBody:
@@ -106,13 +115,14 @@ def _checked(request: Request, message: str) -> str:
 
 
 async def _respond(
-    request: Request, user: Principal, rate: RateResult, message: str
+    request: Request,
+    user: Principal,
+    rate: RateResult,
+    message: str,
+    conversation_id: str | None = None,
 ) -> EventStream:
     state = request.app.state
-    settings: Settings = state.settings
     timing = request.state.timing
-    chat = ChatRequest(message=message)
-
     started = time.perf_counter()
     slots: StreamSlots = state.stream_slots
     slot = await slots.acquire(user.sub)
@@ -120,34 +130,104 @@ async def _respond(
     if slot is None:
         metrics.rate_limited.labels("streams").inc()
         raise TooManyRequests("too many open streams", STREAMS_RETRY_AFTER, rate.headers())
+    try:
+        return await _stream(request, user, rate, message, conversation_id, slot)
+    except BaseException:
+        await slots.release(slot)  # nothing will stream: hand the slot back now
+        raise
 
-    cache: ResponseCache = state.cache
+
+async def _stream(
+    request: Request,
+    user: Principal,
+    rate: RateResult,
+    message: str,
+    conversation_id: str | None,
+    slot: str,
+) -> EventStream:
+    state = request.app.state
+    settings: Settings = state.settings
     backend: Backend = state.backend
+    cache: ResponseCache = state.cache
+    history = await _history(state.conversations, user, conversation_id)
+    chat = ChatRequest(message=message, history=history)
+
     key = cached = None
     request.state.cache = "OFF"
-    if cache.enabled and not chat.history:
+    if cache.enabled and not history:
         key = cache_key(backend.name, backend.model, message)
         if "no-cache" in request.headers.get("cache-control", "").lower():
             request.state.cache = "BYPASS"
         else:
             started = time.perf_counter()
             cached = await cache.get(key)
-            timing.cache = (time.perf_counter() - started) * 1000
+            request.state.timing.cache = (time.perf_counter() - started) * 1000
             request.state.cache = "HIT" if cached is not None else "MISS"
             metrics.cache_requests.labels("hit" if cached is not None else "miss").inc()
 
+    remember = _remember(state.conversations, user, conversation_id, message)
+    events: AsyncIterator[Event]
     if cached is not None:
-        events = _replay(cached)
+        events = _replay(cached, remember)
     else:
-        events = _generate(backend, chat, cache, key, single_flight=request.state.cache == "MISS")
+        single_flight = key is not None and request.state.cache == "MISS"
+        if single_flight and not await cache.lead(key):  # type: ignore[arg-type]
+            events = _follow(backend, chat, cache, key, remember)  # type: ignore[arg-type]
+        else:
+            try:
+                upstream = await _open(backend, chat)
+            except BaseException:
+                if single_flight:
+                    await cache.land(key)  # type: ignore[arg-type]
+                raise
+            events = _generate(upstream, cache, key, single_flight, remember)
     return EventStream(
         events,
         ping_seconds=settings.sse_ping_seconds,
         send_timeout=settings.sse_send_timeout,
         headers={**rate.headers(), "X-Cache": "HIT" if cached is not None else "MISS"},
         on_start=_opened(state.drain),
-        on_end=_closed(state.drain, slots, slot, request.state.started),
+        on_end=_closed(state.drain, state.stream_slots, slot, request.state.started),
     )
+
+
+async def _history(
+    conversations: Conversations, user: Principal, conversation_id: str | None
+) -> list[Turn]:
+    if conversation_id is None:
+        return []
+    try:
+        return await conversations.history(user.sub, conversation_id)
+    except NotFound:
+        raise NotFoundError("conversation not found") from None
+    except HistoryUnavailable:
+        raise Unavailable("conversation history is unavailable; try again shortly") from None
+
+
+Remember = Callable[[list[Event]], Awaitable[None]] | None
+
+
+def _remember(
+    conversations: Conversations, user: Principal, conversation_id: str | None, message: str
+) -> Remember:
+    if conversation_id is None:
+        return None
+
+    async def remember(events: list[Event]) -> None:
+        reply = "".join(e.data.get("text", "") for e in events if e.name == "content")
+        turns = [Turn("user", message), Turn("assistant", reply)]
+        await conversations.append(user.sub, conversation_id, turns)
+
+    return remember
+
+
+async def _open(backend: Backend, chat: ChatRequest) -> AsyncIterator[Event]:
+    metrics.backend_streams.labels(backend.name).inc()
+    try:
+        return await backend.open(chat)
+    except BackendError as exc:
+        metrics.backend_errors.labels(exc.code).inc()
+        raise UpstreamFailed(exc.status, exc.code, exc.message) from None
 
 
 def _opened(drain: Drain) -> Any:
@@ -176,54 +256,70 @@ def _closed(drain: Drain, slots: StreamSlots, slot: str, started: float) -> Any:
 START = Event("start", {"message": "connected"})
 
 
-async def _replay(events: list[Event]) -> AsyncIterator[Event]:
+async def _replay(events: list[Event], remember: Remember) -> AsyncIterator[Event]:
     yield START
     for event in events:
         yield event
+    if remember is not None:
+        await remember(events)
+
+
+async def _follow(
+    backend: Backend, chat: ChatRequest, cache: ResponseCache, key: str, remember: Remember
+) -> AsyncIterator[Event]:
+    """An identical request is generating elsewhere: wait for it (pings keep this stream
+    alive meanwhile) and replay what it stored; if it failed, generate here after all."""
+    yield START
+    waited = await cache.wait(key)
+    if waited is not None:
+        for event in waited:
+            yield event
+        if remember is not None:
+            await remember(waited)
+        return
+    try:
+        upstream = await _open(backend, chat)
+    except UpstreamFailed as exc:
+        yield Event("error", {"code": exc.code, "message": exc.detail})
+        return
+    async for event in _generate(upstream, cache, key, False, remember):
+        if event is not START:
+            yield event
 
 
 async def _generate(
-    backend: Backend,
-    chat: ChatRequest,
+    upstream: AsyncIterator[Event],
     cache: ResponseCache,
     key: str | None,
     single_flight: bool,
+    remember: Remember,
 ) -> AsyncIterator[Event]:
-    """Run the backend, recording its events for the cache when there is a key.
-
-    With `single_flight`, an identical request already generating elsewhere is waited for
-    (this stream is pinged meanwhile) and replayed, instead of running the backend twice.
-    """
+    """Stream the backend's events; on `done`, store them in the cache when there is a key
+    and in the conversation when there is one. The single-flight lock is released however
+    the stream ends, so waiters never wait on a stream that is gone."""
     yield START
-    if key is None:
-        async for event in _backend_events(backend, chat):
-            yield event
-        return
-    leading = not single_flight or await cache.lead(key)
-    if not leading:
-        waited = await cache.wait(key)
-        if waited is not None:
-            for event in waited:
-                yield event
-            return
+    record = key is not None or remember is not None
     recorded: list[Event] = []
     try:
-        async for event in _backend_events(backend, chat):
-            recorded.append(event)
+        async for event in _backend_events(upstream):
+            if record:
+                recorded.append(event)
             yield event
         if recorded and recorded[-1].name == "done":
-            await cache.put(key, recorded)
+            if key is not None:
+                await cache.put(key, recorded)
+            if remember is not None:
+                await remember(recorded)
     finally:
-        if leading and single_flight:
-            await cache.land(key)
+        if single_flight:
+            await cache.land(key)  # type: ignore[arg-type]
 
 
-async def _backend_events(backend: Backend, chat: ChatRequest) -> AsyncIterator[Event]:
-    metrics.backend_streams.labels(backend.name).inc()
+async def _backend_events(upstream: AsyncIterator[Event]) -> AsyncIterator[Event]:
     try:
         # aclosing: a disconnect closes the backend's generator (and its upstream request)
         # now, not whenever the garbage collector gets to it.
-        events = cast(AsyncGenerator[Event, None], backend.stream(chat))
+        events = cast(AsyncGenerator[Event, None], upstream)
         async with aclosing(events):
             async for event in events:
                 yield event

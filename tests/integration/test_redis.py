@@ -318,3 +318,35 @@ def test_a_frozen_redis_does_not_stall_open_streams_or_new_ones(redis: RedisServ
         assert max(gaps) < 0.5 + 0.25
         assert stream.comments.count("ping") >= 1
     assert time.monotonic() - frozen_at < 10
+
+
+def test_conversations_live_in_redis_across_workers_and_keep_the_last_turns(
+    redis: RedisServer,
+) -> None:
+    env = {"CHAT_REDIS_URL": redis.url, "CHAT_HISTORY_TURNS": "2"}
+    token = make_token(sub="historian")
+    with running_service(env, workers=2) as svc:
+        for n in range(3):  # fresh connections: the turns land on both workers
+            with httpx.Client(base_url=svc.url, timeout=30) as http:
+                stream = stream_chat(
+                    http,
+                    "POST",
+                    "/chat",
+                    json={"message": f"turn {n}", "conversation_id": "c-1"},
+                    headers=bearer(token),
+                )
+                assert stream.names[-1] == "done"
+        with httpx.Client(base_url=svc.url) as http:
+            history = http.get("/conversations/c-1", headers=bearer(token)).json()
+            intruder = http.get("/conversations/c-1", headers=bearer(make_token(sub="x")))
+        redis.kill()
+        with httpx.Client(base_url=svc.url) as http:
+            down = http.get("/conversations/c-1", headers=bearer(token))
+
+    assert [m["content"] for m in history["messages"] if m["role"] == "user"] == [
+        "turn 1",
+        "turn 2",
+    ]
+    assert history["messages"][1]["content"].startswith("You said: turn 1.")
+    assert intruder.status_code == 404
+    assert down.status_code == 503

@@ -1,0 +1,204 @@
+"""The `openai` backend end to end: the real service streaming from a real local server
+that speaks the OpenAI format, and per-user conversations carried upstream."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.fake_openai import LEAK, FakeOpenAI, running_fake_openai
+from tests.support.service import Service, running_service
+from tests.support.sse import read_stream, stream_chat
+from tests.support.tokens import bearer, make_token
+
+API_KEY = "sk-test-key-never-logged-5521"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeOpenAI]:
+    with running_fake_openai() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def svc(upstream: FakeOpenAI) -> Iterator[Service]:
+    env = {
+        "CHAT_BACKEND": "openai",
+        "CHAT_OPENAI_BASE_URL": upstream.base_url,
+        "CHAT_OPENAI_API_KEY": API_KEY,
+        "CHAT_OPENAI_MODEL": "test-model",
+        "CHAT_OPENAI_IDLE_TIMEOUT": "1",
+        "CHAT_RATE_LIMIT": "100000/minute",
+        "CHAT_MAX_STREAMS_PER_USER": "100",
+    }
+    with running_service(env, workers=2) as service:
+        yield service
+
+
+@pytest.fixture
+def http(svc: Service) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=svc.url, timeout=30) as client:
+        yield client
+
+
+def _post(http: httpx.Client, message: str, token: str | None = None, **body: object):  # type: ignore[no-untyped-def]
+    return stream_chat(
+        http, "POST", "/chat", json={"message": message, **body}, headers=bearer(token)
+    )
+
+
+def test_content_reasoning_and_usage_become_our_events(
+    http: httpx.Client, upstream: FakeOpenAI
+) -> None:
+    stream = _post(http, f"normal {uuid.uuid4()}")
+
+    assert stream.status == 200
+    assert stream.names[0] == "start"
+    thinking = [e.data["step"] for e in stream.events if e.name == "thinking"]
+    assert thinking == ["First I read the question.", "Then I answer."]
+    assert stream.text == "Hello from the model (0 earlier)"
+    done = stream.events[-1]
+    assert done.name == "done"
+    assert done.data["reason"] == "stop"
+    assert done.data["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
+    sent = upstream.requests[-1]
+    assert sent.body["stream"] is True and sent.body["model"] == "test-model"
+    assert sent.headers["authorization"] == f"Bearer {API_KEY}"
+
+
+def test_the_reasoning_field_is_read_too(http: httpx.Client) -> None:
+    stream = _post(http, f"reasoning-field {uuid.uuid4()}")
+
+    assert [e.name for e in stream.events].count("thinking") == 2
+
+
+@pytest.mark.parametrize(
+    ("scenario", "status", "code"),
+    [
+        ("status-500", 502, "upstream_error"),
+        ("status-401", 502, "upstream_refused"),
+        ("status-429", 503, "upstream_rate_limited"),
+        ("status-503", 503, "upstream_unavailable"),
+    ],
+)
+def test_a_refusal_before_the_first_token_is_a_clean_json_error(
+    http: httpx.Client, svc: Service, scenario: str, status: int, code: str
+) -> None:
+    response = http.post("/chat", json={"message": f"{scenario} {uuid.uuid4()}"}, headers=bearer())
+
+    assert response.status_code == status
+    assert response.json()["code"] == code
+    assert LEAK not in response.text and API_KEY not in response.text
+    assert "Traceback" not in response.text
+
+
+def test_an_unreachable_upstream_is_503() -> None:
+    env = {
+        "CHAT_BACKEND": "openai",
+        "CHAT_OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "CHAT_OPENAI_MODEL": "m",
+        "CHAT_OPENAI_RETRIES": "1",
+    }
+    with running_service(env, workers=1) as svc, httpx.Client(base_url=svc.url) as http:
+        response = http.post("/chat", json={"message": "hi"}, headers=bearer())
+    assert response.status_code == 503
+    assert response.json()["code"] == "upstream_unavailable"
+
+
+def test_failures_before_the_first_token_are_retried(
+    http: httpx.Client, upstream: FakeOpenAI
+) -> None:
+    message = f"flaky {uuid.uuid4()}"
+    stream = _post(http, message)
+
+    assert stream.status == 200 and stream.names[-1] == "done"
+    assert upstream.attempts[message] == 2
+
+
+def test_a_cut_mid_stream_is_an_error_event(http: httpx.Client) -> None:
+    stream = _post(http, f"cut {uuid.uuid4()}")
+
+    assert stream.text == "Half an ans"
+    assert stream.events[-1].name == "error"
+    assert stream.events[-1].data["code"] == "upstream_interrupted"
+
+
+def test_a_stalled_upstream_is_cut_off_by_the_idle_timeout(http: httpx.Client) -> None:
+    started = time.monotonic()
+    stream = _post(http, f"stall {uuid.uuid4()}")
+
+    assert stream.events[-1].data["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 5
+
+
+def test_a_client_disconnect_closes_the_upstream_request(
+    svc: Service, upstream: FakeOpenAI
+) -> None:
+    message = f"slow {uuid.uuid4()}"
+    with (
+        httpx.Client(base_url=svc.url, timeout=30) as http,
+        http.stream("POST", "/chat", json={"message": message}, headers=bearer()) as response,
+    ):
+        chunks = response.iter_raw()
+        read_stream(response, time.monotonic(), limit=4, chunks=chunks)
+        seen = next(r for r in upstream.requests if r.body["messages"][-1]["content"] == message)
+        assert not seen.disconnected.is_set()
+    closed_at = time.monotonic()
+    assert seen.disconnected.wait(5)
+    assert time.monotonic() - closed_at < 1.0
+
+
+def test_a_two_turn_conversation_carries_the_first_turn_upstream(
+    http: httpx.Client, upstream: FakeOpenAI
+) -> None:
+    conversation = f"conv-{uuid.uuid4()}"
+    token = make_token(sub="conversing")
+    first = _post(http, "normal first question", token, conversation_id=conversation)
+    second = _post(http, "normal second question", token, conversation_id=conversation)
+
+    assert first.text.endswith("(0 earlier)")
+    assert second.text.endswith("(2 earlier)")
+    sent = upstream.requests[-1].body["messages"]
+    assert sent == [
+        {"role": "user", "content": "normal first question"},
+        {"role": "assistant", "content": "Hello from the model (0 earlier)"},
+        {"role": "user", "content": "normal second question"},
+    ]
+    assert second.headers["x-cache"] == "MISS"  # history is never served from the cache
+
+    history = http.get(f"/conversations/{conversation}", headers=bearer(token))
+    assert history.status_code == 200
+    assert history.json()["id"] == conversation
+    assert [m["role"] for m in history.json()["messages"]] == ["user", "assistant"] * 2
+
+
+def test_another_users_conversation_is_a_404_and_stays_untouched(http: httpx.Client) -> None:
+    conversation = f"conv-{uuid.uuid4()}"
+    owner, other = make_token(sub="owner"), make_token(sub="intruder")
+    _post(http, "normal mine", owner, conversation_id=conversation)
+
+    assert http.get(f"/conversations/{conversation}", headers=bearer(other)).status_code == 404
+    assert http.delete(f"/conversations/{conversation}", headers=bearer(other)).status_code == 404
+    posted = http.post(
+        "/chat",
+        json={"message": "normal hijack", "conversation_id": conversation},
+        headers=bearer(other),
+    )
+    assert posted.status_code == 404
+    kept = http.get(f"/conversations/{conversation}", headers=bearer(owner)).json()
+    assert kept["messages"][0]["content"] == "normal mine"
+    assert len(kept["messages"]) == 2
+
+    assert http.delete(f"/conversations/{conversation}", headers=bearer(owner)).status_code == 204
+    assert http.get(f"/conversations/{conversation}", headers=bearer(owner)).status_code == 404
+
+
+def test_logs_never_carry_the_api_key_or_upstream_bodies(svc: Service) -> None:
+    everything = "\n".join(svc.lines)
+
+    assert API_KEY not in everything
+    assert LEAK not in everything

@@ -1,0 +1,154 @@
+"""A real local HTTP server that speaks OpenAI's streaming chat-completions format.
+
+What it does is chosen by the last user message (see `SCENARIOS` in `_respond`), and it
+records every request and every client disconnect so tests can see what the upstream saw.
+It runs its own asyncio loop in a thread; responses are close-delimited HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+LEAK = "UPSTREAM-SECRET-BODY-7731"
+
+
+@dataclass
+class Seen:
+    headers: dict[str, str]
+    body: dict[str, Any]
+    disconnected: threading.Event = field(default_factory=threading.Event)
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.requests: list[Seen] = []
+        self.attempts: dict[str, int] = {}
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait(10)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._started.set()
+        self.loop.run_forever()
+        server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                if ":" in line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            body = json.loads(await reader.readexactly(int(headers.get("content-length", "0"))))
+        except (asyncio.IncompleteReadError, ValueError):
+            writer.close()
+            return
+        seen = Seen(headers, body)
+        self.requests.append(seen)
+
+        async def watch() -> None:
+            await reader.read()  # EOF: the client closed its end
+            seen.disconnected.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await self._respond(seen, writer)
+        except (ConnectionError, RuntimeError):
+            seen.disconnected.set()
+        finally:
+            if not writer.is_closing():
+                writer.close()
+            await asyncio.sleep(0)
+            watcher.cancel()
+
+    async def _respond(self, seen: Seen, writer: asyncio.StreamWriter) -> None:
+        message = seen.body["messages"][-1]["content"]
+        scenario = message.split()[0] if message.split() else ""
+        self.attempts[message] = self.attempts.get(message, 0) + 1
+
+        def start(status: str = "200 OK", content_type: str = "text/event-stream") -> None:
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+
+        async def chunk(payload: dict[str, Any] | str) -> None:
+            data = payload if isinstance(payload, str) else json.dumps(payload)
+            writer.write(f"data: {data}\n\n".encode())
+            await writer.drain()
+
+        def delta(**fields: Any) -> dict[str, Any]:
+            return {"choices": [{"index": 0, "delta": fields, "finish_reason": None}]}
+
+        if scenario.startswith("status-"):
+            code = scenario.split("-")[1]
+            start(f"{code} Nope", "application/json")
+            writer.write(json.dumps({"error": {"message": LEAK}}).encode())
+            await writer.drain()
+            return
+        if scenario == "flaky" and self.attempts[message] == 1:
+            start("503 Service Unavailable", "application/json")
+            writer.write(b'{"error": "warming up"}')
+            return
+        start()
+        if scenario == "stall":
+            await chunk(delta(content="Only this"))
+            await asyncio.sleep(3600)
+        if scenario == "slow":
+            for i in range(600):
+                await chunk(delta(content=f"tick {i} "))
+                await asyncio.sleep(0.05)
+            return
+        if scenario == "cut":
+            await chunk(delta(content="Half an ans"))
+            writer.transport.abort()
+            return
+        field_name = "reasoning" if scenario == "reasoning-field" else "reasoning_content"
+        await chunk(delta(role="assistant", content=""))
+        await chunk(delta(**{field_name: "First I read "}))
+        await chunk(delta(**{field_name: "the question.\nThen I answer."}))
+        history = len(seen.body["messages"]) - 1
+        for piece in ("Hello", " from", " the", f" model ({history} earlier)"):
+            await chunk(delta(content=piece))
+        await chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        await chunk(
+            {
+                "choices": [],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13},
+            }
+        )
+        await chunk("[DONE]")
+
+
+@contextmanager
+def running_fake_openai() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    fake.start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
