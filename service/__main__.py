@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -29,8 +30,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve() -> int:
     # Before anything imports prometheus_client: it picks its storage at import time.
+    made_metrics_dir = None
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chat-service-metrics-")
+        made_metrics_dir = tempfile.mkdtemp(prefix="chat-service-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_metrics_dir
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    try:
+        return _serve()
+    finally:
+        if made_metrics_dir is not None:
+            shutil.rmtree(made_metrics_dir, ignore_errors=True)
+
+
+def _serve() -> int:
     from .observability.logging import configure_logging, get_logger
 
     configure_logging(
