@@ -1,0 +1,95 @@
+// The one call the page makes: POST /chat, answered with an event stream.
+//
+// Errors before the stream are JSON {"detail": ...} with a status (401, 413, 415, 422, 429,
+// 503); they become a ChatHttpError. After the stream has started, failures arrive as an
+// `error` event in the stream itself.
+
+import { readEvents } from "./sse.js";
+
+// Relative to the page, so a proxy that mounts the service under a prefix keeps working.
+const CHAT_URL = new URL("chat", document.baseURI);
+
+export class ChatHttpError extends Error {
+  /**
+   * @param {number} status
+   * @param {string} detail  the server's explanation, as text
+   * @param {number|null} retryAfter  seconds to wait, from Retry-After (429, 503)
+   */
+  constructor(status, detail, retryAfter) {
+    super(`HTTP ${status}${detail ? `: ${detail}` : ""}`);
+    this.name = "ChatHttpError";
+    this.status = status;
+    this.detail = detail;
+    this.retryAfter = retryAfter;
+  }
+
+  static async from(response) {
+    let detail = "";
+    try {
+      detail = describeDetail((await response.json()).detail);
+    } catch {
+      // Not JSON (a proxy's error page, say): the status says enough.
+    }
+    return new ChatHttpError(
+      response.status,
+      detail,
+      parseRetryAfter(response.headers.get("Retry-After")),
+    );
+  }
+}
+
+/** FastAPI's 422 detail is a list of {loc, msg, type}; others are a string. */
+function describeDetail(detail) {
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((item) => (item && typeof item.msg === "string" ? item.msg : ""))
+      .filter(Boolean)
+      .join("; ");
+  }
+  return "";
+}
+
+/** Retry-After is delay-seconds or an HTTP-date (RFC 9110 section 10.2.3). */
+export function parseRetryAfter(value, now = Date.now()) {
+  if (!value) return null;
+  const trimmed = value.trim();
+  if (/^\d+$/.test(trimmed)) return Number(trimmed);
+  const date = Date.parse(trimmed);
+  if (Number.isNaN(date)) return null;
+  return Math.max(0, Math.ceil((date - now) / 1000));
+}
+
+/**
+ * Send a message and return its events as {type, payload, id}, payload being the parsed
+ * JSON data (or {} when an event's data is not JSON, so one bad event cannot break the page).
+ * @param {{message: string, conversationId: string, token: string, signal: AbortSignal}} request
+ */
+export async function openChat({ message, conversationId, token, signal }) {
+  const response = await fetch(CHAT_URL, {
+    method: "POST",
+    headers: {
+      Accept: "text/event-stream",
+      Authorization: `Bearer ${token}`,
+      "Content-Type": "application/json",
+    },
+    body: JSON.stringify({ message, conversation_id: conversationId }),
+    cache: "no-store",
+    signal,
+  });
+  if (!response.ok) throw await ChatHttpError.from(response);
+  return parsedEvents(response.body);
+}
+
+async function* parsedEvents(body) {
+  for await (const event of readEvents(body)) {
+    let payload = {};
+    try {
+      const parsed = JSON.parse(event.data);
+      if (parsed && typeof parsed === "object") payload = parsed;
+    } catch {
+      // Leave payload empty.
+    }
+    yield { type: event.event, payload, id: event.id };
+  }
+}
