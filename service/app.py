@@ -1,7 +1,12 @@
-"""The application: `create_app(settings)` builds one FastAPI app per worker process.
+"""The application: `create_app(settings)` builds one app per worker process.
 
-Request path, outermost first: RequestContext (request id, access line, metrics) -> CORS ->
-BodyLimit -> router -> `deps.current_user` -> route -> backend -> `sse.EventStream`.
+Request path, outermost first: RequestContext (request id, access line, metrics) -> FastAPI
+(its error middleware, then CORS -> BodyLimit -> router) -> `deps.current_user` -> route ->
+backend -> `sse.EventStream`.
+
+RequestContext wraps the FastAPI app from outside rather than through `add_middleware`, so
+it sees uvicorn's own `send`: event streams write their body chunks straight to it instead
+of through four pass-through wrappers per event (see `sse.EventStream`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ from .store import Store
 log = get_logger("service.app")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> RequestContext:
+    """The ASGI app for a server; `.app` is the FastAPI application inside."""
+    return RequestContext(create_fastapi(settings))
+
+
+def create_fastapi(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     if not settings.has_key:
         # Only reachable outside `chat-service serve` (which shares one secret across its
@@ -83,7 +93,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added innermost first: the last one added wraps all the others.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CORS, origins=settings.cors_origins)
-    app.add_middleware(RequestContext)
     if settings.metrics_port:
         app.add_middleware(MetricsPortSplit, metrics_port=settings.metrics_port)
     return app
@@ -108,6 +117,6 @@ class MetricsPortSplit:
         await self.app(scope, receive, send)
 
 
-def app_factory() -> FastAPI:
+def app_factory() -> RequestContext:
     """For `uvicorn --factory service.app:app_factory` and other ASGI servers."""
     return create_app()

@@ -34,6 +34,9 @@ from .config import Settings
 
 ALLOWED_HEADER_KEYS = frozenset({"alg", "typ", "kid"})
 JWKS_REFETCH_SECONDS = 30.0
+# Verified tokens, remembered by their exact text (signature included) so that a client
+# reusing its token skips the HMAC/RSA work; time claims are still checked on every use.
+VERIFIED_CACHE_SIZE = 4096
 
 
 class AuthError(Exception):
@@ -147,10 +150,22 @@ class TokenVerifier:
             if not material:
                 raise ValueError("no signing key configured")
             self.keys = StaticKeys(material)
+        self._verified: dict[str, Principal] = {}
 
     async def verify(self, token: str) -> Principal:
         if len(token) > self.max_bytes:
             raise AuthError("oversized", "token is too large")
+        known = self._verified.get(token)
+        if known is not None:
+            self._check_claims(known.claims)
+            return known
+        principal = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()  # simpler than LRU, and a refill costs one verify each
+        self._verified[token] = principal
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         header = _header(token)
         alg = header.get("alg")
         if alg not in self.algorithms:
@@ -174,7 +189,7 @@ class TokenVerifier:
         self._check_claims(claims)
         return Principal(sub=claims["sub"], claims=claims)
 
-    def _check_claims(self, claims: dict[str, Any]) -> None:
+    def _check_claims(self, claims: Mapping[str, Any]) -> None:
         now = time.time()
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):

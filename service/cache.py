@@ -43,73 +43,89 @@ def loads(blob: bytes) -> list[Event]:
     return [Event(name, data) for name, data in json.loads(blob)]
 
 
+# KEYS = entry, lock; ARGV = lock seconds. One round trip for a look-up that either finds
+# the entry or, on a miss, tries to become the request that generates it.
+LOOKUP = """
+local entry = redis.call('GET', KEYS[1])
+if entry then return {1, entry} end
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return {0, 1} end
+return {0, 0}
+"""
+
+
 class ResponseCache:
     def __init__(self, ttl: int, store: Store | None) -> None:
         self.ttl = ttl
         self.store = store
         self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._flights: dict[str, asyncio.Future[None]] = {}
+        self._lookup = store.redis.register_script(LOOKUP) if store is not None else None
 
     @property
     def enabled(self) -> bool:
         return self.ttl > 0
 
+    async def lookup(self, key: str) -> tuple[list[Event] | None, bool]:
+        """The stored events, or None and whether this request should generate them
+        (False: an identical request is generating already; `wait` for it)."""
+        if key in self._flights:
+            return await self.get(key), False
+        if self.store is None or self._lookup is None:
+            events = await self.get(key)
+        else:
+            script = self._lookup
+            found: Any = await self.store.call(
+                "cache_get", lambda: script(keys=[key, f"{key}:lock"], args=[LOCK_SECONDS]), None
+            )
+            if found is None:  # Redis is away: generate here, uncoordinated
+                events = None
+            elif found[0] == 1:
+                events = _loads(found[1])
+            else:
+                events = None
+                if not found[1]:
+                    return None, False
+        if events is not None:
+            return events, False
+        self._flights[key] = asyncio.get_running_loop().create_future()
+        return None, True
+
     async def get(self, key: str) -> list[Event] | None:
-        blob = await self._read(key)
-        if blob is None:
-            return None
-        try:
-            return loads(blob)
-        except (ValueError, TypeError):
-            return None  # a corrupt entry is a miss, not a failed request
-
-    async def put(self, key: str, events: Sequence[Event]) -> None:
-        blob = dumps(events)
-        if blob is None:
-            return
-        if self.store is None:
-            self._memory[key] = (time.monotonic() + self.ttl, blob)
-            self._memory.move_to_end(key)
-            while len(self._memory) > MEMORY_ENTRIES:
-                self._memory.popitem(last=False)
-            return
-        redis = self.store.redis
-        await self.store.call("cache_put", lambda: redis.set(key, blob, ex=self.ttl), None)
-
-    async def _read(self, key: str) -> bytes | None:
         if self.store is None:
             entry = self._memory.get(key)
             if entry is None or entry[0] < time.monotonic():
                 return None
-            return entry[1]
+            return _loads(entry[1])
         redis = self.store.redis
         blob: Any = await self.store.call("cache_get", lambda: redis.get(key), None)
-        return blob if isinstance(blob, bytes) else None
+        return _loads(blob) if isinstance(blob, bytes) else None
 
-    async def lead(self, key: str) -> bool:
-        """Try to become the one request generating `key`; False if another already is."""
-        if key in self._flights:
-            return False
-        if self.store is not None:
+    async def finish(self, key: str, events: Sequence[Event] | None, leading: bool) -> None:
+        """Store a completed stream (`events`, or None for one that failed) and, for the
+        leader, release the lock and wake the waiters, in one round trip."""
+        blob = dumps(events) if events is not None else None
+        if self.store is None:
+            if blob is not None:
+                self._memory[key] = (time.monotonic() + self.ttl, blob)
+                self._memory.move_to_end(key)
+                while len(self._memory) > MEMORY_ENTRIES:
+                    self._memory.popitem(last=False)
+        elif blob is not None or leading:
             redis = self.store.redis
-            acquired: Any = await self.store.call(
-                "cache_lock",
-                lambda: redis.set(f"{key}:lock", b"1", nx=True, ex=LOCK_SECONDS),
-                True,
-            )
-            if not acquired:
-                return False
-        self._flights[key] = asyncio.get_running_loop().create_future()
-        return True
 
-    async def land(self, key: str) -> None:
-        """The leader is finished (stored or not): wake the waiters, drop the lock."""
-        flight = self._flights.pop(key, None)
-        if flight is not None and not flight.done():
-            flight.set_result(None)
-        if self.store is not None:
-            redis = self.store.redis
-            await self.store.call("cache_lock", lambda: redis.delete(f"{key}:lock"), 0)
+            async def write() -> None:
+                async with redis.pipeline(transaction=False) as pipe:
+                    if blob is not None:
+                        pipe.set(key, blob, ex=self.ttl)
+                    if leading:
+                        pipe.delete(f"{key}:lock")
+                    await pipe.execute()
+
+            await self.store.call("cache_put", write, None)
+        if leading:
+            flight = self._flights.pop(key, None)
+            if flight is not None and not flight.done():
+                flight.set_result(None)
 
     async def wait(self, key: str, patience: float = LOCK_SECONDS) -> list[Event] | None:
         """Wait for the leader of `key`, then return its stored events, or None if it failed."""
@@ -136,3 +152,10 @@ class ResponseCache:
             await asyncio.sleep(WAIT_POLL_SECONDS[min(attempt, len(WAIT_POLL_SECONDS) - 1)])
             attempt += 1
         return None
+
+
+def _loads(blob: bytes) -> list[Event] | None:
+    try:
+        return loads(blob)
+    except (ValueError, TypeError):
+        return None  # a corrupt entry is a miss, not a failed request

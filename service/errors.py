@@ -110,7 +110,13 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.detail, dict(exc.headers or {}))
 
 
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette still re-raises after sending this, and RequestContext logs it once.
+    return error_response(500, "internal error")
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _internal_error)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

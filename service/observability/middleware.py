@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import error_response
 from ..sse import StreamStats
@@ -44,7 +44,7 @@ def request_id_from(scope: Scope) -> str:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,6 +55,9 @@ class RequestContext:
         request_id = request_id_from(scope)
         state = scope.setdefault("state", {})
         state["started"] = started
+        # Streams write body chunks to uvicorn's send directly; every wrapper in between only
+        # watches `http.response.start`, which still passes through all of them.
+        state["raw_send"] = send
         timing = state["timing"] = Timing()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         response: dict[str, Any] = {"status": 500, "started": False}

@@ -6,6 +6,7 @@ open-stream slot -> cache look-up -> backend or replay -> sse.EventStream.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -121,19 +122,57 @@ async def _respond(
     message: str,
     conversation_id: str | None = None,
 ) -> EventStream:
+    """Take a stream slot and look the reply up in the cache: independent Redis round
+    trips, so they overlap; then stream."""
     state = request.app.state
-    timing = request.state.timing
-    started = time.perf_counter()
+    backend: Backend = state.backend
+    cache: ResponseCache = state.cache
     slots: StreamSlots = state.stream_slots
-    slot = await slots.acquire(user.sub)
-    timing.limits += (time.perf_counter() - started) * 1000
-    if slot is None:
+    timing = request.state.timing
+
+    # History makes a reply particular to its conversation: those never touch the cache.
+    key = None
+    request.state.cache = "OFF"
+    if cache.enabled and conversation_id is None:
+        key = cache_key(backend.name, backend.model, message)
+        bypass = "no-cache" in request.headers.get("cache-control", "").lower()
+        request.state.cache = "BYPASS" if bypass else "MISS"
+
+    async def slot() -> str | None:
+        started = time.perf_counter()
+        try:
+            return await slots.acquire(user.sub)
+        finally:
+            timing.limits += (time.perf_counter() - started) * 1000
+
+    async def lookup() -> tuple[list[Event] | None, bool]:
+        if key is None or request.state.cache == "BYPASS":
+            return None, key is not None
+        started = time.perf_counter()
+        try:
+            return await cache.lookup(key)
+        finally:
+            timing.cache = (time.perf_counter() - started) * 1000
+
+    if state.store is None:  # in memory each step is instant: no tasks to overlap them
+        slot_id, (cached, leading) = await slot(), await lookup()
+    else:
+        slot_id, (cached, leading) = await asyncio.gather(slot(), lookup())
+
+    if slot_id is None:
+        if leading and request.state.cache == "MISS":
+            await cache.finish(key, None, leading=True)  # type: ignore[arg-type]
         metrics.rate_limited.labels("streams").inc()
         raise TooManyRequests("too many open streams", STREAMS_RETRY_AFTER, rate.headers())
+    if request.state.cache != "OFF" and request.state.cache != "BYPASS":
+        request.state.cache = "HIT" if cached is not None else "MISS"
+        metrics.cache_requests.labels("hit" if cached is not None else "miss").inc()
     try:
-        return await _stream(request, user, rate, message, conversation_id, slot)
+        return await _stream(
+            request, user, rate, message, conversation_id, slot_id, key, cached, leading
+        )
     except BaseException:
-        await slots.release(slot)  # nothing will stream: hand the slot back now
+        await slots.release(slot_id)  # nothing will stream: hand the slot back now
         raise
 
 
@@ -144,43 +183,38 @@ async def _stream(
     message: str,
     conversation_id: str | None,
     slot: str,
+    key: str | None,
+    cached: list[Event] | None,
+    leading: bool,
 ) -> EventStream:
     state = request.app.state
     settings: Settings = state.settings
     backend: Backend = state.backend
     cache: ResponseCache = state.cache
-    history = await _history(state.conversations, user, conversation_id)
+    single_flight = request.state.cache == "MISS"
+    try:
+        history = await _history(state.conversations, user, conversation_id)
+    except BaseException:
+        if leading and single_flight:
+            await cache.finish(key, None, leading=True)  # type: ignore[arg-type]
+        raise
     chat = ChatRequest(message=message, history=history)
-
-    key = cached = None
-    request.state.cache = "OFF"
-    if cache.enabled and not history:
-        key = cache_key(backend.name, backend.model, message)
-        if "no-cache" in request.headers.get("cache-control", "").lower():
-            request.state.cache = "BYPASS"
-        else:
-            started = time.perf_counter()
-            cached = await cache.get(key)
-            request.state.timing.cache = (time.perf_counter() - started) * 1000
-            request.state.cache = "HIT" if cached is not None else "MISS"
-            metrics.cache_requests.labels("hit" if cached is not None else "miss").inc()
 
     remember = _remember(state.conversations, user, conversation_id, message)
     events: AsyncIterator[Event]
     if cached is not None:
         events = _replay(cached, remember)
+    elif single_flight and not leading:
+        events = _follow(backend, chat, cache, key, remember)  # type: ignore[arg-type]
     else:
-        single_flight = key is not None and request.state.cache == "MISS"
-        if single_flight and not await cache.lead(key):  # type: ignore[arg-type]
-            events = _follow(backend, chat, cache, key, remember)  # type: ignore[arg-type]
-        else:
-            try:
-                upstream = await _open(backend, chat)
-            except BaseException:
-                if single_flight:
-                    await cache.land(key)  # type: ignore[arg-type]
-                raise
-            events = _generate(upstream, cache, key, single_flight, remember)
+        lead = leading and single_flight
+        try:
+            upstream = await _open(backend, chat)
+        except BaseException:
+            if lead:
+                await cache.finish(key, None, leading=True)  # type: ignore[arg-type]
+            raise
+        events = _generate(upstream, cache, key, lead, remember)
     return EventStream(
         events,
         ping_seconds=settings.sse_ping_seconds,
@@ -291,38 +325,31 @@ async def _generate(
     upstream: AsyncIterator[Event],
     cache: ResponseCache,
     key: str | None,
-    single_flight: bool,
+    leading: bool,
     remember: Remember,
 ) -> AsyncIterator[Event]:
     """Stream the backend's events; on `done`, store them in the cache when there is a key
-    and in the conversation when there is one. The single-flight lock is released however
-    the stream ends, so waiters never wait on a stream that is gone."""
+    and in the conversation when there is one. A leader's single-flight lock is released
+    however the stream ends, so waiters never wait on a stream that is gone."""
     yield START
     record = key is not None or remember is not None
     recorded: list[Event] = []
+    completed = False
+    # aclosing: a disconnect closes the backend's generator (and its upstream request) now,
+    # not whenever the garbage collector gets to it.
+    events = cast(AsyncGenerator[Event, None], upstream)
     try:
-        async for event in _backend_events(upstream):
-            if record:
-                recorded.append(event)
-            yield event
-        if recorded and recorded[-1].name == "done":
-            if key is not None:
-                await cache.put(key, recorded)
-            if remember is not None:
-                await remember(recorded)
-    finally:
-        if single_flight:
-            await cache.land(key)  # type: ignore[arg-type]
-
-
-async def _backend_events(upstream: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    try:
-        # aclosing: a disconnect closes the backend's generator (and its upstream request)
-        # now, not whenever the garbage collector gets to it.
-        events = cast(AsyncGenerator[Event, None], upstream)
         async with aclosing(events):
             async for event in events:
+                if record:
+                    recorded.append(event)
                 yield event
+        completed = bool(recorded) and recorded[-1].name == "done"
     except BackendError as exc:
         metrics.backend_errors.labels(exc.code).inc()
         yield Event("error", {"code": exc.code, "message": exc.message})
+    finally:
+        if key is not None and (completed or leading):
+            await cache.finish(key, recorded if completed else None, leading)
+    if completed and remember is not None:
+        await remember(recorded)

@@ -1,0 +1,260 @@
+"""Benchmark the full service against bare baselines, in one run on this machine.
+
+    .venv/bin/python -m bench [--seconds 4] [--idle 5000] [--json bench/results.json]
+
+Servers (the full service under gunicorn with real Redis, a Starlette StreamingResponse app
+and a raw ASGI app, both under uvicorn) are pinned to the first core, the load client
+(`bench/client.py`, a separate process) to the second. The service runs as deployed: auth,
+rate and stream limits (raised out of the way), cache look-ups (each message is new, so
+every request misses and generates), metrics and logs on (logs to a file). Every figure is
+also given as a ratio to the Starlette baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.redis import running_redis
+from tests.support.service import free_port
+from tests.support.tokens import SECRET, make_token
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CONCURRENCY = (1, 10, 100)
+
+
+def cores() -> tuple[set[int], set[int]]:
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return set(available), set(available)
+    return {available[0]}, {available[1]}
+
+
+SERVER_CORES, CLIENT_CORES = cores()
+
+
+def _pinned(cpus: set[int]) -> Any:
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+@contextmanager
+def server(kind: str, delay_scale: float, redis_url: str | None) -> Any:
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix=f"bench-{kind}-", suffix=".log", delete=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+    if kind == "service":
+        env.update(
+            CHAT_HOST="127.0.0.1",
+            CHAT_PORT=str(port),
+            CHAT_JWT_SECRET=SECRET,
+            CHAT_DEMO_DELAY_SCALE=str(delay_scale),
+            CHAT_RATE_LIMIT="100000000/minute",
+            CHAT_MAX_STREAMS_PER_USER="100000",
+            PROMETHEUS_MULTIPROC_DIR=metrics_dir,
+        )
+        if redis_url:
+            env["CHAT_REDIS_URL"] = redis_url
+        command = [str(Path(PYTHON).parent / "chat-service"), "serve"]
+    else:
+        env["BENCH_DELAY_SCALE"] = str(delay_scale)
+        app = "bench.baseline:starlette_app" if kind == "starlette" else "bench.baseline:raw_app"
+        command = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+                   "--no-access-log", "--log-level", "warning", "--loop", "uvloop",
+                   "--http", "httptools"]
+    proc = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=_pinned(SERVER_CORES),  # noqa: PLW1509 - affinity must be set pre-exec
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{kind} did not start; see {log.name}")
+            time.sleep(0.05)
+        yield port, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.unlink(log.name)
+
+
+def server_rss_kib(proc: subprocess.Popen[bytes]) -> int:
+    """Resident memory of the serving processes: gunicorn's workers, or uvicorn itself."""
+    children = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    pids = [int(p) for p in children] or [proc.pid]
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def client(args: list[str], tokens_file: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [PYTHON, "-m", "bench.client", *args, "--tokens", tokens_file],
+        cwd=ROOT, text=True, preexec_fn=_pinned(CLIENT_CORES), **kwargs,  # noqa: PLW1509
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run_load(port: int, concurrency: int, seconds: float, tokens_file: str) -> dict[str, float]:
+    proc = client(
+        ["load", "127.0.0.1", str(port), "--concurrency", str(concurrency),
+         "--seconds", str(seconds)],
+        tokens_file, stdout=subprocess.PIPE,
+    )
+    out, _ = proc.communicate(timeout=seconds + 120)
+    result = json.loads(out)
+    samples = result["samples"]
+    ok = [s for s in samples if s[3]]
+    elapsed = result["elapsed"]
+    return {
+        "streams_per_s": len(ok) / elapsed,
+        "events_per_s": sum(s[2] for s in ok) / elapsed,
+        "failed": len(samples) - len(ok),
+        "first_byte_p50_ms": percentile([s[0] for s in ok], 0.5) * 1000,
+        "first_byte_p99_ms": percentile([s[0] for s in ok], 0.99) * 1000,
+        "first_content_p50_ms": percentile([s[1] for s in ok], 0.5) * 1000,
+        "first_content_p99_ms": percentile([s[1] for s in ok], 0.99) * 1000,
+    }
+
+
+def run_idle(kind: str, streams: int, tokens_file: str, redis_url: str | None) -> dict[str, float]:
+    with server(kind, 100.0, redis_url) as (port, proc):  # 50 s per thinking step
+        # Warm the server (imports, pools, first allocations) before the baseline reading.
+        warm = client(["idle", "127.0.0.1", str(port), "--streams", "50"], tokens_file,
+                      stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        assert warm.stdout is not None and warm.stdin is not None
+        warm.stdout.readline()
+        warm.stdin.close()
+        warm.wait(30)
+        time.sleep(0.5)  # let the server notice the closed warm-up streams
+        before = server_rss_kib(proc)
+        held = client(["idle", "127.0.0.1", str(port), "--streams", str(streams)], tokens_file,
+                      stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        assert held.stdout is not None and held.stdin is not None
+        ready = held.stdout.readline().split()
+        after = server_rss_kib(proc)
+        held.stdin.close()
+        held.wait(60)
+    count = int(ready[1]) if len(ready) == 2 and ready[0] == "READY" else 0
+    return {
+        "idle_streams_held": count,
+        "kib_per_idle_stream": (after - before) / count if count else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=4.0, help="per concurrency level")
+    parser.add_argument("--idle", type=int, default=5000, help="idle streams to hold")
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    users = [make_token(sub=f"bench-user-{i}", ttl=3600) for i in range(100)]
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as tokens:
+        json.dump(users, tokens)
+    results: dict[str, Any] = {"cores": {"server": sorted(SERVER_CORES),
+                                         "client": sorted(CLIENT_CORES)}}
+    try:
+        with running_redis() as redis:
+            # The service once more without Redis, at concurrency 1: what Redis adds to a
+            # request's latency (its round trips overlap; see routes/chat.py).
+            with server("service", 0.0, None) as (port, _):
+                run_load(port, 10, 1.0, tokens.name)
+                results["service_memory"] = {"c1": run_load(port, 1, args.seconds, tokens.name)}
+            for kind in ("service", "starlette", "raw"):
+                redis_url = redis.url if kind == "service" else None
+                figures: dict[str, Any] = {}
+                with server(kind, 0.0, redis_url) as (port, _):
+                    run_load(port, 10, 1.0, tokens.name)  # warm-up, discarded
+                    for concurrency in CONCURRENCY:
+                        figures[f"c{concurrency}"] = run_load(
+                            port, concurrency, args.seconds, tokens.name
+                        )
+                figures["idle"] = run_idle(kind, args.idle, tokens.name, redis_url)
+                results[kind] = figures
+                print(f"measured {kind}", file=sys.stderr, flush=True)
+    finally:
+        os.unlink(tokens.name)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
+def table(results: dict[str, Any]) -> str:
+    rows = []
+    header = f"{'figure':<34}{'service':>12}{'starlette':>12}{'raw ASGI':>12}{'svc/starl':>11}{'svc/raw':>9}"
+    rows.append(header)
+    rows.append("-" * len(header))
+    keys = [
+        ("streams_per_s", "streams/s"), ("events_per_s", "events/s"),
+        ("first_byte_p50_ms", "first byte p50 ms"), ("first_byte_p99_ms", "first byte p99 ms"),
+        ("first_content_p50_ms", "first content p50 ms"),
+        ("first_content_p99_ms", "first content p99 ms"), ("failed", "failed streams"),
+    ]
+    for level in CONCURRENCY:
+        for key, label in keys:
+            values = [results[k][f"c{level}"][key] for k in ("service", "starlette", "raw")]
+            rows.append(_row(f"c={level:<4}{label}", values))
+    memory = results["service_memory"]["c1"]
+    redis = results["service"]["c1"]
+    rows.append("")
+    rows.append(
+        f"Redis adds at c=1: first content p50 "
+        f"{redis['first_content_p50_ms'] - memory['first_content_p50_ms']:+.2f} ms "
+        f"({memory['first_content_p50_ms']:.2f} ms without it), streams/s "
+        f"{redis['streams_per_s'] / memory['streams_per_s']:.2f}x"
+    )
+    rows.append("")
+    for key, label in (("idle_streams_held", "idle streams held"),
+                       ("kib_per_idle_stream", "KiB per idle stream")):
+        values = [results[k]["idle"][key] for k in ("service", "starlette", "raw")]
+        rows.append(_row(label, values))
+    return "\n".join(rows)
+
+
+def _row(label: str, values: list[float]) -> str:
+    service, starlette, raw = values
+    ratio = lambda a, b: f"{a / b:.2f}" if b else "-"  # noqa: E731
+    return (f"{label:<34}{service:>12.1f}{starlette:>12.1f}{raw:>12.1f}"
+            f"{ratio(service, starlette):>11}{ratio(service, raw):>9}")
+
+
+if __name__ == "__main__":
+    main()

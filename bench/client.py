@@ -1,0 +1,211 @@
+"""An SSE load client lean enough not to be the bottleneck: one asyncio Protocol per
+connection, HTTP/1.1 keep-alive, chunked decoding by hand, events counted, not parsed.
+
+    python -m bench.client load HOST PORT --concurrency 10 --seconds 4 --tokens FILE
+    python -m bench.client idle HOST PORT --streams 5000 --tokens FILE
+
+`load` prints one JSON object with per-stream samples; `idle` opens the streams, prints
+`READY <n>` once each has its first event, and holds them until stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+
+CONTENT = b"event: content"
+
+
+@dataclass
+class Sample:
+    first_byte: float = 0.0
+    first_content: float = 0.0
+    events: int = 0
+    ok: bool = False
+
+
+class SSEConnection(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.state = "idle"
+        self.remaining = 0
+        self.sample = Sample()
+        self.sent_at = 0.0
+        self.tail = b""
+        self.done: asyncio.Future[Sample] | None = None
+        self.first_event: asyncio.Future[None] | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result(self.sample)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def request(self, raw: bytes) -> asyncio.Future[Sample]:
+        loop = asyncio.get_running_loop()
+        self.sample = Sample()
+        self.state = "head"
+        self.buffer = self.tail = b""
+        self.done = loop.create_future()
+        self.first_event = loop.create_future()
+        self.sent_at = time.perf_counter()
+        assert self.transport is not None
+        self.transport.write(raw)
+        return self.done
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        sample = self.sample
+        if not sample.first_byte:
+            sample.first_byte = now - self.sent_at
+        self.buffer += data
+        buf = self.buffer
+        while buf:
+            if self.state == "head":
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    break
+                status = buf[9:12]
+                buf = buf[end + 4 :]
+                self.state = "size" if status == b"200" else "error"
+            elif self.state == "size":
+                end = buf.find(b"\r\n")
+                if end < 0:
+                    break
+                size = int(buf[:end], 16)
+                buf = buf[end + 2 :]
+                if size == 0:
+                    self.state = "trailer"
+                else:
+                    self.remaining, self.state = size, "data"
+            elif self.state == "data":
+                payload = buf[: self.remaining]
+                buf = buf[len(payload) :]
+                self.remaining -= len(payload)
+                self._payload(payload, now)
+                if self.remaining == 0:
+                    self.state = "crlf"
+            elif self.state == "crlf":
+                if len(buf) < 2:
+                    break
+                buf = buf[2:]
+                self.state = "size"
+            elif self.state == "trailer":
+                if len(buf) < 2:
+                    break
+                buf = buf[2:]
+                sample.ok = True
+                self.state = "idle"
+                assert self.done is not None
+                self.done.set_result(sample)
+            else:  # an error status: give up on this connection
+                assert self.transport is not None
+                self.transport.close()
+                buf = b""
+        self.buffer = buf
+
+    def _payload(self, payload: bytes, now: float) -> None:
+        sample = self.sample
+        joined = self.tail + payload
+        sample.events += joined.count(b"\n\n") - self.tail.count(b"\n\n")
+        self.tail = payload[-1:]
+        if not sample.first_content and CONTENT in payload:
+            sample.first_content = now - self.sent_at
+        if sample.events and self.first_event is not None and not self.first_event.done():
+            self.first_event.set_result(None)
+
+
+def _request(path: str, token: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
+        "Accept: text/event-stream\r\n\r\n"
+    ).encode()
+
+
+async def load(host: str, port: int, concurrency: int, seconds: float, tokens: list[str]) -> dict:
+    loop = asyncio.get_running_loop()
+    counter = itertools.count()
+    samples: list[Sample] = []
+    deadline = 0.0
+
+    async def worker(index: int) -> None:
+        _, conn = await loop.create_connection(SSEConnection, host, port)
+        token = tokens[index % len(tokens)]
+        while time.perf_counter() < deadline:
+            n = next(counter)
+            sample = await conn.request(_request(f"/chat/bench-{index}-{n}", token))
+            if not sample.ok:
+                samples.append(sample)
+                return
+            samples.append(sample)
+        assert conn.transport is not None
+        conn.transport.close()
+
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {
+        "elapsed": elapsed,
+        "samples": [[s.first_byte, s.first_content, s.events, s.ok] for s in samples],
+    }
+
+
+async def idle(host: str, port: int, streams: int, tokens: list[str]) -> None:
+    loop = asyncio.get_running_loop()
+    conns: list[SSEConnection] = []
+    batch = 250
+    for start in range(0, streams, batch):
+        opened = await asyncio.gather(
+            *(loop.create_connection(SSEConnection, host, port) for _ in range(start, min(streams, start + batch)))
+        )
+        waits = []
+        for i, (_, conn) in enumerate(opened, start):
+            conn.request(_request(f"/chat/idle-{i}", tokens[i % len(tokens)]))
+            assert conn.first_event is not None
+            waits.append(conn.first_event)
+            conns.append(conn)
+        await asyncio.wait_for(asyncio.gather(*waits), 60)
+    print(f"READY {len(conns)}", flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    for conn in conns:
+        assert conn.transport is not None
+        conn.transport.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["load", "idle"])
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--tokens", required=True)
+    args = parser.parse_args()
+    tokens = json.loads(open(args.tokens).read())
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    if args.mode == "load":
+        result = asyncio.run(load(args.host, args.port, args.concurrency, args.seconds, tokens))
+        print(json.dumps(result))
+    else:
+        asyncio.run(idle(args.host, args.port, args.streams, tokens))
+
+
+if __name__ == "__main__":
+    main()
