@@ -18,7 +18,6 @@ import os
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,9 @@ def _pinned(cpus: set[int]) -> Any:
 @contextmanager
 def server(kind: str, delay_scale: float, redis_url: str | None) -> Any:
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix=f"bench-{kind}-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the server's stdout, kept past `with`
+        prefix=f"bench-{kind}-", suffix=".log", delete=False
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
     metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
     if kind == "service":
@@ -74,12 +75,30 @@ def server(kind: str, delay_scale: float, redis_url: str | None) -> Any:
     else:
         env["BENCH_DELAY_SCALE"] = str(delay_scale)
         app = "bench.baseline:starlette_app" if kind == "starlette" else "bench.baseline:raw_app"
-        command = [PYTHON, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-                   "--no-access-log", "--log-level", "warning", "--loop", "uvloop",
-                   "--http", "httptools"]
+        command = [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+        ]
     proc = subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        preexec_fn=_pinned(SERVER_CORES),  # noqa: PLW1509 - affinity must be set pre-exec
+        command,
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=_pinned(SERVER_CORES),
     )
     try:
         deadline = time.monotonic() + 30
@@ -120,7 +139,10 @@ def server_rss_kib(proc: subprocess.Popen[bytes]) -> int:
 def client(args: list[str], tokens_file: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [PYTHON, "-m", "bench.client", *args, "--tokens", tokens_file],
-        cwd=ROOT, text=True, preexec_fn=_pinned(CLIENT_CORES), **kwargs,  # noqa: PLW1509
+        cwd=ROOT,
+        text=True,
+        preexec_fn=_pinned(CLIENT_CORES),
+        **kwargs,
     )
 
 
@@ -133,9 +155,17 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_load(port: int, concurrency: int, seconds: float, tokens_file: str) -> dict[str, float]:
     proc = client(
-        ["load", "127.0.0.1", str(port), "--concurrency", str(concurrency),
-         "--seconds", str(seconds)],
-        tokens_file, stdout=subprocess.PIPE,
+        [
+            "load",
+            "127.0.0.1",
+            str(port),
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(seconds),
+        ],
+        tokens_file,
+        stdout=subprocess.PIPE,
     )
     out, _ = proc.communicate(timeout=seconds + 120)
     result = json.loads(out)
@@ -156,16 +186,24 @@ def run_load(port: int, concurrency: int, seconds: float, tokens_file: str) -> d
 def run_idle(kind: str, streams: int, tokens_file: str, redis_url: str | None) -> dict[str, float]:
     with server(kind, 100.0, redis_url) as (port, proc):  # 50 s per thinking step
         # Warm the server (imports, pools, first allocations) before the baseline reading.
-        warm = client(["idle", "127.0.0.1", str(port), "--streams", "50"], tokens_file,
-                      stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        warm = client(
+            ["idle", "127.0.0.1", str(port), "--streams", "50"],
+            tokens_file,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
         assert warm.stdout is not None and warm.stdin is not None
         warm.stdout.readline()
         warm.stdin.close()
         warm.wait(30)
         time.sleep(0.5)  # let the server notice the closed warm-up streams
         before = server_rss_kib(proc)
-        held = client(["idle", "127.0.0.1", str(port), "--streams", str(streams)], tokens_file,
-                      stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+        held = client(
+            ["idle", "127.0.0.1", str(port), "--streams", str(streams)],
+            tokens_file,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+        )
         assert held.stdout is not None and held.stdin is not None
         ready = held.stdout.readline().split()
         after = server_rss_kib(proc)
@@ -184,14 +222,15 @@ def main() -> None:
     parser.add_argument("--idle", type=int, default=5000, help="idle streams to hold")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
     users = [make_token(sub=f"bench-user-{i}", ttl=3600) for i in range(100)]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as tokens:
         json.dump(users, tokens)
-    results: dict[str, Any] = {"cores": {"server": sorted(SERVER_CORES),
-                                         "client": sorted(CLIENT_CORES)}}
+    results: dict[str, Any] = {
+        "cores": {"server": sorted(SERVER_CORES), "client": sorted(CLIENT_CORES)}
+    }
     try:
         with running_redis() as redis:
             # The service once more without Redis, at concurrency 1: what Redis adds to a
@@ -219,14 +258,20 @@ def main() -> None:
 
 def table(results: dict[str, Any]) -> str:
     rows = []
-    header = f"{'figure':<34}{'service':>12}{'starlette':>12}{'raw ASGI':>12}{'svc/starl':>11}{'svc/raw':>9}"
+    header = (
+        f"{'figure':<34}{'service':>12}{'starlette':>12}{'raw ASGI':>12}"
+        f"{'svc/starl':>11}{'svc/raw':>9}"
+    )
     rows.append(header)
     rows.append("-" * len(header))
     keys = [
-        ("streams_per_s", "streams/s"), ("events_per_s", "events/s"),
-        ("first_byte_p50_ms", "first byte p50 ms"), ("first_byte_p99_ms", "first byte p99 ms"),
+        ("streams_per_s", "streams/s"),
+        ("events_per_s", "events/s"),
+        ("first_byte_p50_ms", "first byte p50 ms"),
+        ("first_byte_p99_ms", "first byte p99 ms"),
         ("first_content_p50_ms", "first content p50 ms"),
-        ("first_content_p99_ms", "first content p99 ms"), ("failed", "failed streams"),
+        ("first_content_p99_ms", "first content p99 ms"),
+        ("failed", "failed streams"),
     ]
     for level in CONCURRENCY:
         for key, label in keys:
@@ -242,8 +287,10 @@ def table(results: dict[str, Any]) -> str:
         f"{redis['streams_per_s'] / memory['streams_per_s']:.2f}x"
     )
     rows.append("")
-    for key, label in (("idle_streams_held", "idle streams held"),
-                       ("kib_per_idle_stream", "KiB per idle stream")):
+    for key, label in (
+        ("idle_streams_held", "idle streams held"),
+        ("kib_per_idle_stream", "KiB per idle stream"),
+    ):
         values = [results[k]["idle"][key] for k in ("service", "starlette", "raw")]
         rows.append(_row(label, values))
     return "\n".join(rows)
@@ -252,8 +299,10 @@ def table(results: dict[str, Any]) -> str:
 def _row(label: str, values: list[float]) -> str:
     service, starlette, raw = values
     ratio = lambda a, b: f"{a / b:.2f}" if b else "-"  # noqa: E731
-    return (f"{label:<34}{service:>12.1f}{starlette:>12.1f}{raw:>12.1f}"
-            f"{ratio(service, starlette):>11}{ratio(service, raw):>9}")
+    return (
+        f"{label:<34}{service:>12.1f}{starlette:>12.1f}{raw:>12.1f}"
+        f"{ratio(service, starlette):>11}{ratio(service, raw):>9}"
+    )
 
 
 if __name__ == "__main__":

@@ -58,9 +58,7 @@ async def _health(request: Any) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
-starlette_app = Starlette(
-    routes=[Route("/chat/{message:path}", _chat), Route("/healthz", _health)]
-)
+starlette_app = Starlette(routes=[Route("/chat/{message:path}", _chat), Route("/healthz", _health)])
 
 RAW_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

@@ -16,7 +16,7 @@ import itertools
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 CONTENT = b"event: content"
 
@@ -166,8 +166,9 @@ async def idle(host: str, port: int, streams: int, tokens: list[str]) -> None:
     conns: list[SSEConnection] = []
     batch = 250
     for start in range(0, streams, batch):
+        count = min(streams, start + batch) - start
         opened = await asyncio.gather(
-            *(loop.create_connection(SSEConnection, host, port) for _ in range(start, min(streams, start + batch)))
+            *(loop.create_connection(SSEConnection, host, port) for _ in range(count))
         )
         waits = []
         for i, (_, conn) in enumerate(opened, start):
@@ -193,7 +194,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--tokens", required=True)
     args = parser.parse_args()
-    tokens = json.loads(open(args.tokens).read())
+    with open(args.tokens) as file:
+        tokens = json.load(file)
     try:
         import uvloop
 
