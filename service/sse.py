@@ -2,14 +2,14 @@
 
 The response is a pure ASGI callable rather than sse-starlette's EventSourceResponse or a
 Starlette StreamingResponse with a task group: it runs the generator in the request's own
-task and adds only two small helpers, named for what they wait on:
+task and adds one small helper, `_watch`, which waits on `receive()`:
 
-- `_listen_for_disconnect` waits on `receive()`; when the client goes, it cancels the
-  generation, so an upstream request is closed within the same event-loop turn;
-- `_keepalive` wakes every ping interval; an idle stream gets a `: ping` comment (the
-  WHATWG SSE comment syntax, ignored by every parser) so proxies with idle timeouts do not cut
-  a slow first token, and a stream whose send has been stuck behind a client that stopped
-  reading for `send_timeout` is cut off instead of holding a buffer forever.
+- when the client goes, it cancels the generation, so an upstream request is closed within
+  the same event-loop turn;
+- once a ping interval it wakes: an idle stream gets a `: ping` comment (the WHATWG SSE
+  comment syntax, ignored by every parser) so proxies with idle timeouts do not cut a slow
+  first token, and a stream whose send has been stuck behind a client that stopped reading
+  for `send_timeout` is cut off instead of holding a buffer forever.
 
 Shutdown: the worker's `Drain` ends still-open streams with an `error` event
 `{"code": "shutdown"}` once the graceful period is over, because uvicorn on SIGTERM waits for
@@ -116,21 +116,18 @@ class EventStream(Response):
         start_send, send = send, state.get("raw_send", send)
         if self.on_start:
             self.on_start(self)
-        helpers: tuple[asyncio.Task[None], ...] = ()
+        watcher: asyncio.Task[None] | None = None
         try:
             await start_send(
                 {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
             )
-            helpers = (
-                asyncio.create_task(self._listen_for_disconnect(receive)),
-                asyncio.create_task(self._keepalive(send)),
-            )
+            watcher = asyncio.create_task(self._watch(receive, send))
             await self._stream(send)
         except OSError:
             self.stats.outcome = "disconnected"  # gone before the first byte
         finally:
-            for helper in helpers:
-                helper.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await self.events.aclose()  # type: ignore[attr-defined]
             if self.on_end:
                 await self.on_end(self)
@@ -191,21 +188,28 @@ class EventStream(Response):
         stats.bytes += len(body)
         stats.counts[event.name] = stats.counts.get(event.name, 0) + 1
 
-    async def _listen_for_disconnect(self, receive: Receive) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                self.stop("disconnected")
-                return
+    async def _watch(self, receive: Receive, send: Send) -> None:
+        """Wait on `receive()` for the client to go, waking once a tick to keep the stream
+        alive. One task per stream rather than two: an idle stream's memory is mostly its
+        tasks, and 5,000 of them per worker is the target.
 
-    async def _keepalive(self, send: Send) -> None:
-        # Checked once a tick rather than timed per event, so the hot path pays nothing: an
-        # idle stream is pinged between one and two intervals after its last event.
+        Checked once a tick rather than timed per event, so the hot path pays nothing: an
+        idle stream is pinged between one and two intervals after its last event, and a
+        send stuck behind a client that stopped reading is cut off after `send_timeout`."""
         tick = min(self.ping_seconds, self.send_timeout)
         seen = 0
         idle = stalled = 0.0
         while True:
-            await asyncio.sleep(tick)
+            try:
+                async with asyncio.timeout(tick):
+                    message = await receive()
+            except TimeoutError:
+                pass
+            else:
+                if message["type"] == "http.disconnect":
+                    self.stop("disconnected")
+                    return
+                continue
             events = self.stats.events
             if events != seen:
                 seen, idle, stalled = events, 0.0, 0.0
