@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -96,6 +96,3 @@ class Store:
     async def aclose(self) -> None:
         await self.redis.aclose()
 
-
-def connection_pool(store: Store | None) -> Any:
-    return store.redis.connection_pool if store is not None else None
