@@ -350,3 +350,37 @@ def test_conversations_live_in_redis_across_workers_and_keep_the_last_turns(
     assert history["messages"][1]["content"].startswith("You said: turn 1.")
     assert intruder.status_code == 404
     assert down.status_code == 503
+
+
+def test_many_concurrent_streams_do_not_exhaust_the_redis_pool(redis: RedisServer) -> None:
+    """Regression: redis-py's default pool refused its 101st connection, which the service
+    read as Redis being down, switching limits off under load."""
+    import asyncio
+
+    env = {
+        "CHAT_REDIS_URL": redis.url,
+        "CHAT_RATE_LIMIT": "1000000/minute",
+        "CHAT_MAX_STREAMS_PER_USER": "100000",
+        "CHAT_DEMO_DELAY_SCALE": "0.2",
+    }
+
+    async def load(url: str) -> list[int]:
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+
+            async def one(n: int) -> int:
+                headers = bearer(make_token(sub=f"crowd-{n % 20}"))
+                async with http.stream("GET", f"/chat/crowd-{n}", headers=headers) as response:
+                    async for _ in response.aiter_raw():
+                        pass
+                    return response.status_code
+
+            return await asyncio.gather(*(one(n) for n in range(150)))
+
+    with running_service(env, workers=1) as svc:
+        statuses = asyncio.run(load(svc.url))
+        errors = _metric(svc, "chat_redis_errors_total", '{op="rate_limit"}')
+
+    assert statuses == [200] * 150
+    assert not [line for line in svc.lines if "redis unavailable" in line]
+    assert errors == 0
