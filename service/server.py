@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -79,6 +81,25 @@ def _wipe_metrics(arbiter: Any) -> None:
             path.unlink(missing_ok=True)
 
 
+def _cut_stalled_connections(send_timeout: float) -> Callable[[Any], None]:
+    """A client that stops reading fills the socket buffer; the stream then stops at
+    CHAT_SSE_SEND_TIMEOUT, but uvicorn's close waits for that buffer to drain, which it never
+    does, so the connection would stay open for good. TCP_USER_TIMEOUT (RFC 5482; Linux
+    applies it to zero-window probes too) lets the kernel drop a connection whose data has
+    gone unacknowledged that long. Accepted sockets inherit it from the listener."""
+
+    def when_ready(arbiter: Any) -> None:
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if option is None:  # not Linux
+            return
+        for listener in arbiter.LISTENERS:
+            sock = listener.sock
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, option, int(send_timeout * 1000))
+
+    return when_ready
+
+
 def _worker_exited(arbiter: Any, worker: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -111,6 +132,7 @@ class ChatApplication(BaseApplication):  # type: ignore[misc]
             "loglevel": settings.log_level,
             "on_starting": _wipe_metrics,
             "child_exit": _worker_exited,
+            "when_ready": _cut_stalled_connections(settings.sse_send_timeout),
             # Memory-backed heartbeat files: a read-only root filesystem only has /tmp.
             # gunicorn 24+ opens a control socket under $HOME; nothing here uses it, and a
             # read-only root filesystem has no writable $HOME.

@@ -92,7 +92,8 @@ class RequestContext:
     def _finish(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
         duration = time.perf_counter() - started
         route = scope.get("route")
-        template = getattr(route, "path", None) or "unmatched"
+        # The template without convertors ("/chat/{message}"), as OpenAPI spells it.
+        template = getattr(route, "path_format", None) or "unmatched"
         method = scope["method"]
         metrics.http_requests.labels(method, template, str(status)).inc()
         metrics.http_duration.labels(method, template).observe(duration)

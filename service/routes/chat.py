@@ -14,6 +14,7 @@ from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from ..auth import Principal
 from ..backends import Backend, BackendError, ChatRequest, Turn
@@ -35,6 +36,16 @@ from ..shutdown import Drain
 from ..sse import Event, EventStream
 
 router = APIRouter(tags=["chat"])
+
+
+class TextConvertor(StringConvertor):
+    """Like Starlette's `path`, but `.` matches line breaks too, so `/chat/a%0Ab` reaches the
+    route with its newline instead of a 404 (Starlette decodes the path before matching)."""
+
+    regex = "(?s:.*)"
+
+
+register_url_convertor("text", TextConvertor())
 
 # A slot frees when one of the user's streams ends; there is no better moment to name.
 STREAMS_RETRY_AFTER = 5
@@ -60,7 +71,7 @@ class ChatBody(BaseModel):
 
 
 @router.get(
-    "/chat/{message:path}", status_code=200, response_class=EventStream, responses=SSE_RESPONSE
+    "/chat/{message:text}", status_code=200, response_class=EventStream, responses=SSE_RESPONSE
 )
 async def chat_get(
     request: Request,

@@ -66,7 +66,16 @@ def load_page() -> bytes:
     return index.read_bytes() if index.is_file() else PLACEHOLDER
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get(
+    "/",
+    response_class=HTMLResponse,
+    responses={
+        200: {
+            "description": "The page for browsers; the demo text for everyone else",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def home(request: Request) -> Response:
     """The chat page (Accept: text/html) or the demo text, streamed a character at a time."""
     if wants_html(request.headers.get("accept", "")):

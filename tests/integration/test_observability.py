@@ -58,7 +58,7 @@ def test_every_stdout_line_is_json_with_the_contract_keys(
         "message_chars",
     ):
         assert key in summary, key
-    assert summary["route"] == "/chat/{message:path}"
+    assert summary["route"] == "/chat/{message}"
     assert summary["outcome"] == "done"
     assert summary["message_chars"] == len(SECRET_MESSAGE)
     everything = "\n".join(service.lines)

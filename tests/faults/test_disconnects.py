@@ -1,0 +1,94 @@
+"""200 clients that hang up mid-stream, twice: each stream is cancelled within a second of
+its client leaving and logged as `disconnected`, the open-stream gauge returns to 0, and the
+workers' memory after the second round is where the first round left it (no per-stream leak)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from tests.support.async_sse import Events, read_events
+from tests.support.metrics import wait_for_metric
+from tests.support.procfs import total_rss_bytes
+from tests.support.service import Service, running_service
+from tests.support.tokens import bearer, make_token
+
+CLIENTS = 200
+USERS = 8
+EVENTS_BEFORE_HANGING_UP = 3  # start, thinking, thinking: the second comes 0.5 s in
+MIB = 1024 * 1024
+# Generous for 200 streams; a leak of even one small buffer per stream would pass it
+# within a few rounds, a leak of the stream objects at once.
+MAX_GROWTH = 10 * MIB
+
+
+async def _hang_up_mid_stream(svc: Service, label: str) -> dict[str, float]:
+    """Open CLIENTS streams at once, read a few events of each, then close the connection.
+    Returns, per request id, the seconds from sending the request to closing it."""
+    tokens = [make_token(sub=f"gone-{u}") for u in range(USERS)]
+    limits = httpx.Limits(max_connections=CLIENTS + 5, max_keepalive_connections=0)
+    open_for: dict[str, float] = {}
+
+    async with httpx.AsyncClient(base_url=svc.url, timeout=30, limits=limits) as http:
+
+        async def one(i: int) -> None:
+            request_id = f"{label}-{i}"
+            headers = {**bearer(tokens[i % USERS]), "X-Request-ID": request_id}
+            sent = time.monotonic()
+            async with http.stream("GET", f"/chat/{request_id}", headers=headers) as response:
+                assert response.status_code == 200
+                events = await read_events(response, Events(), limit=EVENTS_BEFORE_HANGING_UP)
+                assert events.names == ["start", "thinking", "thinking"]
+            # Leaving the block unread closes the connection: the client is gone.
+            open_for[request_id] = time.monotonic() - sent
+
+        await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(CLIENTS))), 60)
+    return open_for
+
+
+def _round(svc: Service, label: str) -> tuple[dict[str, float], float]:
+    open_for = asyncio.run(_hang_up_mid_stream(svc, label))
+    svc.wait_for(
+        lambda lines: sum(f'"request_id": "{label}-' in line for line in lines) >= CLIENTS,
+        timeout=20,
+        what=f"{CLIENTS} access lines for {label}",
+    )
+    settled = wait_for_metric(svc.url, "chat_streams_active", 0.0)
+    return open_for, settled
+
+
+def test_200_clients_leaving_mid_stream_are_cancelled_logged_and_leave_no_memory_behind() -> None:
+    env = {
+        "CHAT_DEMO_DELAY_SCALE": "1",  # 2 s of thinking: every client leaves mid-stream
+        "CHAT_RATE_LIMIT": "1000000/minute",
+        "CHAT_MAX_STREAMS_PER_USER": "100000",
+        "CHAT_CACHE_TTL": "0",
+    }
+    with running_service(env, workers=2) as svc:
+        workers = svc.worker_pids()
+        before = total_rss_bytes(workers)
+        first, _ = _round(svc, "warmup")
+        after_first = total_rss_bytes(workers)
+        second, settled = _round(svc, "measured")
+        after_second = total_rss_bytes(workers)
+        assert svc.worker_pids() == workers  # nobody crashed or was recycled meanwhile
+        records = svc.records()
+
+    print(
+        f"worker RSS: {before / MIB:.1f} MiB at start, {after_first / MIB:.1f} after the "
+        f"first {CLIENTS}, {after_second / MIB:.1f} after the second; gauge at 0 "
+        f"{settled:.2f} s after the last access line"
+    )
+    assert after_second - after_first < MAX_GROWTH
+    access = {r["request_id"]: r for r in records if r["event"] == "stream finished"}
+    for open_for in (first, second):
+        assert len(open_for) == CLIENTS
+        for request_id, seconds_open in open_for.items():
+            line = access[request_id]
+            assert line["outcome"] == "disconnected", line
+            assert line["events"] >= EVENTS_BEFORE_HANGING_UP
+            assert line["ttft_ms"] is None  # no content was ever generated
+            # The contract: generation stops within a second of the client leaving.
+            assert line["duration_ms"] / 1000 < seconds_open + 1.0, line
