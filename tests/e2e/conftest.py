@@ -27,7 +27,7 @@ from .chat_page import CHROMIUM, CHROMIUM_ARGS, DESKTOP, ChatPage, fresh_token
 DELAY_SCALE = "0.3"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_service() -> Iterator[Service]:
     """The real service with demo pacing; no cache (replies must stream) and a roomy limit."""
     env = {
@@ -39,8 +39,10 @@ def e2e_service() -> Iterator[Service]:
         yield service
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """Package-scoped: Playwright's sync API keeps an asyncio loop running in this thread
+    while it is open, and `asyncio.run()` in any later test would refuse to start."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHAT_E2E_CHROMIUM)"
