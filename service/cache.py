@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
+
+import orjson
 
 from .sse import Event
 from .store import Store
@@ -35,12 +36,15 @@ def cache_key(backend: str, model: str, message: str) -> str:
 
 
 def dumps(events: Sequence[Event]) -> bytes | None:
-    blob = json.dumps([[e.name, e.data] for e in events], ensure_ascii=False).encode()
+    try:
+        blob = orjson.dumps([(e.name, e.data) for e in events])
+    except TypeError:  # a lone surrogate in the text: not worth caching
+        return None
     return blob if len(blob) <= MAX_ENTRY_BYTES else None
 
 
 def loads(blob: bytes) -> list[Event]:
-    return [Event(name, data) for name, data in json.loads(blob)]
+    return [Event(name, data) for name, data in orjson.loads(blob)]
 
 
 # KEYS = entry, lock; ARGV = lock seconds. One round trip for a look-up that either finds
@@ -157,5 +161,5 @@ class ResponseCache:
 def _loads(blob: bytes) -> list[Event] | None:
     try:
         return loads(blob)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError):  # orjson.JSONDecodeError is a ValueError
         return None  # a corrupt entry is a miss, not a failed request

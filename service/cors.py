@@ -8,6 +8,8 @@ credentials are never allowed (Fetch standard, "CORS protocol and credentials").
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ALLOW_METHODS = b"GET, POST, DELETE, OPTIONS"
@@ -24,10 +26,14 @@ class CORS:
         self.app = app
         self.origins = frozenset(origin.encode("latin-1") for origin in origins)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not `async`: when there is nothing to do, hand back the inner app's coroutine
+        # itself, so an open stream does not keep one more frame alive for its whole life.
         if scope["type"] != "http" or not self.origins:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._cors(scope, receive, send)
+
+    async def _cors(self, scope: Scope, receive: Receive, send: Send) -> None:
         origin = preflight = None
         for name, value in scope["headers"]:
             if name == b"origin":

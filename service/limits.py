@@ -39,6 +39,9 @@ return 1
 """
 
 
+WINDOW_CACHE_SIZE = 100_000
+
+
 @dataclass(frozen=True, slots=True)
 class RateResult:
     allowed: bool
@@ -64,6 +67,9 @@ class RateLimits:
     def __init__(self, rate: str, store: Store | None) -> None:
         self.item = parse(rate)
         self.store = store
+        # When each user's current window ends, as last read from the storage: the window
+        # is fixed, so while it lasts the increment alone is the whole check.
+        self._window_ends: dict[str, float] = {}
         self.storage: RedisStorage | MemoryStorage = (
             RedisStorage(
                 "async+redis://",
@@ -80,17 +86,29 @@ class RateLimits:
         item = self.item
         storage_key = item.key_for(key)
         expiry = item.get_expiry()
+        now = time.time()
+        known_end = self._window_ends.get(storage_key, 0.0)
         if self.store is None:
             count = await self.storage.incr(storage_key, expiry)
             reset_at = await self.storage.get_expiry(storage_key)
+        elif known_end > now:
+            count = await self.store.call(
+                "rate_limit", lambda: self.storage.incr(storage_key, expiry), 0
+            )
+            # A count of 1 opened a new window (the old key expired or was evicted early).
+            reset_at = now + expiry if count == 1 else known_end
         else:
             count, reset_at = await self.store.call(
                 "rate_limit",
                 lambda: asyncio.gather(
                     self.storage.incr(storage_key, expiry), self.storage.get_expiry(storage_key)
                 ),
-                (0, time.time() + expiry),
+                (0, now + expiry),
             )
+        if count:
+            if len(self._window_ends) > WINDOW_CACHE_SIZE:
+                self._window_ends.clear()
+            self._window_ends[storage_key] = reset_at
         allowed = count <= item.amount
         reset = max(0 if allowed else 1, math.ceil(reset_at - time.time()))
         return RateResult(allowed, item.amount, max(0, item.amount - count), reset)
