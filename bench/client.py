@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--tokens", required=True)
+    parser.add_argument("--out", help="write the load result here instead of stdout")
     args = parser.parse_args()
     with open(args.tokens) as file:
         tokens = json.load(file)
@@ -204,7 +205,11 @@ def main() -> None:
         pass
     if args.mode == "load":
         result = asyncio.run(load(args.host, args.port, args.concurrency, args.seconds, tokens))
-        print(json.dumps(result))
+        if args.out:
+            with open(args.out, "w") as out:
+                json.dump(result, out)
+        else:
+            print(json.dumps(result))
     else:
         asyncio.run(idle(args.host, args.port, args.streams, tokens))
 
