@@ -43,7 +43,17 @@ class FakeOpenAI:
         self._started.wait(10)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        async def shutdown() -> None:
+            # End the handlers still open (a stalled stream sleeps for an hour) before the
+            # loop goes, so none is left to be garbage-collected mid-await.
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
         self._thread.join(10)
 
     def _run(self) -> None:
