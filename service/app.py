@@ -29,7 +29,7 @@ from .config import Settings, load_settings
 from .conversations import Conversations
 from .cors import CORS
 from .limits import RateLimits, StreamSlots
-from .observability.logging import get_logger
+from .observability.logging import access_logger, get_logger
 from .observability.middleware import RequestContext
 from .routes import chat, conversations, health, metrics, pages
 from .shutdown import Drain
@@ -40,7 +40,9 @@ log = get_logger("service.app")
 
 def create_app(settings: Settings | None = None) -> RequestContext:
     """The ASGI app for a server; `.app` is the FastAPI application inside."""
-    return RequestContext(create_fastapi(settings))
+    settings = settings or load_settings()
+    log = access_logger(settings.log_level, settings.log_format)
+    return RequestContext(create_fastapi(settings), log)
 
 
 def create_fastapi(settings: Settings | None = None) -> FastAPI:

@@ -17,9 +17,17 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
 
 from .. import __version__
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Every update asks getpid() to notice a fork since the last one; this module is
+    # imported in each worker after its fork and nothing forks later, so the pid is fixed.
+    # (It was 6% of a worker's time under load.)
+    _PID = os.getpid()
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _PID)  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 STREAM_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

@@ -19,10 +19,9 @@ from starlette.types import Message, Receive, Scope, Send
 from ..errors import error_response
 from ..sse import StreamStats
 from . import metrics
-from .logging import get_logger
+from .logging import access_logger
 
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
-access_log = get_logger("service.access")
 
 
 @dataclass(slots=True)
@@ -44,8 +43,9 @@ def request_id_from(scope: Scope) -> str:
 
 
 class RequestContext:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, log: Any = None) -> None:
         self.app = app
+        self.log = log if log is not None else access_logger()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,7 +81,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_headers)
         except Exception:
-            access_log.exception("unhandled error")
+            self.log.exception("unhandled error")
             if not response["started"]:
                 failure = error_response(500, "internal error")
                 await failure(scope, _disconnected, send_with_headers)
@@ -115,7 +115,7 @@ class RequestContext:
                 cache=state.get("cache", "MISS"),
                 message_chars=state.get("message_chars"),
             )
-        log = access_log.error if status >= 500 else access_log.info
+        log = self.log.error if status >= 500 else self.log.info
         log("stream finished" if stream else "request", **fields)
 
 

@@ -50,10 +50,10 @@ async def _hang_up_mid_stream(svc: Service, label: str) -> dict[str, float]:
 
 def _round(svc: Service, label: str) -> tuple[dict[str, float], float]:
     open_for = asyncio.run(_hang_up_mid_stream(svc, label))
-    svc.wait_for(
-        lambda lines: sum(f'"request_id": "{label}-' in line for line in lines) >= CLIENTS,
+    svc.wait_for_records(
+        lambda record: str(record.get("request_id", "")).startswith(f"{label}-"),
+        count=CLIENTS,
         timeout=20,
-        what=f"{CLIENTS} access lines for {label}",
     )
     settled = wait_for_metric(svc.url, "chat_streams_active", 0.0)
     return open_for, settled

@@ -98,10 +98,10 @@ def outcome() -> Iterator[Outcome]:
         clients = [_never_reading_client(svc.port, n) for n in range(CLIENTS)]
         try:
             client_ports = {sock.getsockname()[1] for sock in clients}
-            svc.wait_for(
-                lambda lines: sum('"request_id": "slow-' in line for line in lines) >= CLIENTS,
+            svc.wait_for_records(
+                lambda record: str(record.get("request_id", "")).startswith("slow-"),
+                count=CLIENTS,
                 timeout=SEND_TIMEOUT + TICK + 15,
-                what="an access line for every slow client",
             )
             cut_at = time.monotonic()
             rss_after = total_rss_bytes(workers)

@@ -101,7 +101,7 @@ def test_a_disconnect_brings_active_streams_back_to_zero() -> None:
             assert stream.names == ["start", "thinking"]
             assert _metric(httpx.get(f"{svc.url}/metrics").text, "chat_streams_active") == 1.0
         # The client is gone; the server must notice, cancel, and count the stream closed.
-        svc.wait_for(lambda lines: any('"outcome": "disconnected"' in line for line in lines))
+        svc.wait_for_outcome("disconnected")
         assert _wait_for_metric(svc, "chat_streams_active", 0.0) == 0.0
 
 

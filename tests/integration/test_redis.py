@@ -176,7 +176,7 @@ def test_a_disconnected_stream_is_not_cached(redis: RedisServer) -> None:
         with httpx.Client(base_url=svc.url, timeout=30) as http:
             partial = stream_chat(http, "GET", "/chat/leave-early", headers=bearer(), limit=7)
         assert partial.names[-1] == "content"
-        svc.wait_for(lambda lines: any('"outcome": "disconnected"' in line for line in lines))
+        svc.wait_for_outcome("disconnected")
         again = _fresh_get(svc, "/chat/leave-early", headers=bearer())
         assert again.headers["x-cache"] == "MISS"
         assert again.names[-1] == "done"

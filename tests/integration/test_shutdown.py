@@ -48,7 +48,7 @@ def test_streams_still_open_after_the_graceful_period_end_with_a_shutdown_event(
         svc.proc.send_signal(signal.SIGTERM)
         thread.join(30)
         assert svc.proc.wait(30) == 0
-        svc.wait_for(lambda lines: any('"outcome": "shutdown"' in line for line in lines))
+        svc.wait_for_outcome("shutdown")
 
     (stream,) = result
     assert stream.names[-1] == "error"

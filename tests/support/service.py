@@ -82,6 +82,22 @@ class Service:
                     raise TimeoutError(f"service never showed {what}; last lines:\n{tail}")
                 self._changed.wait(remaining)
 
+    def wait_for_records(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        count: int = 1,
+        timeout: float = 15.0,
+    ) -> None:
+        """Wait until `count` JSON log records satisfy `predicate`."""
+
+        def enough(lines: list[str]) -> bool:
+            return sum(predicate(_record(line)) for line in lines) >= count
+
+        self.wait_for(enough, timeout, f"{count} matching log records")
+
+    def wait_for_outcome(self, outcome: str, count: int = 1, timeout: float = 15.0) -> None:
+        self.wait_for_records(lambda r: r.get("outcome") == outcome, count, timeout)
+
     def wait_for_event(self, text: str, count: int = 1, timeout: float = 15.0) -> None:
         self.wait_for(
             lambda lines: sum(text in line for line in lines) >= count, timeout, repr(text)
@@ -103,6 +119,14 @@ class Service:
                 self.proc.wait(5)
         self._reader.join(5)
         return self.proc.returncode
+
+
+def _record(line: str) -> dict[str, Any]:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def service_env(overrides: Mapping[str, str] | None = None, port: int = 0) -> dict[str, str]:
