@@ -93,6 +93,8 @@ class JwksKeys:
             await self._refresh()
             jwk_dict = self._find(kid)
         if jwk_dict is None:
+            if not self._jwks:  # never fetched successfully: the provider is away
+                raise KeysUnavailable("no JWKS keys yet")
             raise AuthError("unknown_key", "token key id is not known")
         if jwk_dict.get("alg") not in (None, alg):
             raise AuthError("algorithm", "token algorithm does not fit the key")
@@ -168,7 +170,7 @@ class TokenVerifier:
     async def _verify(self, token: str) -> Principal:
         header = _header(token)
         alg = header.get("alg")
-        if alg not in self.algorithms:
+        if not isinstance(alg, str) or alg not in self.algorithms:
             raise AuthError("algorithm", "token algorithm is not allowed")
         if not ALLOWED_HEADER_KEYS.issuperset(header):
             raise AuthError("malformed", "token header has unsupported fields")

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Turn
+from .observability.logging import get_logger
 from .store import Store
+
+log = get_logger("service.conversations")
 
 MAX_TURN_CHARS = 32_000
 MEMORY_CONVERSATIONS = 10_000
@@ -76,6 +79,8 @@ class Conversations:
         return [Turn(**json.loads(item)) for item in raw]
 
     async def append(self, user: str, conversation_id: str, turns: list[Turn]) -> None:
+        if self.max_messages == 0:  # CHAT_HISTORY_TURNS=0: keep none (`[-0:]` keeps all)
+            return
         turns = [Turn(t.role, t.content[:MAX_TURN_CHARS]) for t in turns]
         if self.store is None:
             entry = self._live(conversation_id) or _Memory(owner=user)
@@ -107,7 +112,10 @@ class Conversations:
                 await pipe.execute()
             return True
 
-        await self.store.call("history", write, False)
+        if not await self.store.call("history", write, False):
+            # Counted and logged by the store when Redis failed; an id owned by someone else
+            # cannot get here (`history` refused it first), so this is the store's failure.
+            log.warning("conversation turn not stored", conversation_id=conversation_id)
 
     async def forget(self, user: str, conversation_id: str) -> None:
         await self.history(user, conversation_id)  # raises NotFound for another's id

@@ -8,7 +8,8 @@
     ├── InvalidInput         422
     ├── TooManyRequests      429, adds `Retry-After` in whole seconds
     ├── Unavailable          503, a dependency is down and we cannot fail open
-    └── UpstreamFailed       502/503/504 with a stable `code`: the model refused or is away
+    ├── UpstreamFailed       502/503/504 with a stable `code`: the model refused or is away
+    └── ClientGone           499, for the access line: the client left before the answer
 
 `install(app)` maps these, FastAPI's validation errors and Starlette's HTTP errors (404,
 405) onto that shape in one place.
@@ -71,6 +72,12 @@ class TooManyRequests(ServiceError):
 
 class Unavailable(ServiceError):
     status = 503
+
+
+class ClientGone(ServiceError):
+    """The client left before the response began (nginx's 499); nobody reads the answer."""
+
+    status = 499
 
 
 class UpstreamFailed(ServiceError):

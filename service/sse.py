@@ -126,6 +126,9 @@ class EventStream(Response):
         except OSError:
             self.stats.outcome = "disconnected"  # gone before the first byte
         finally:
+            # From here on nothing may cancel this task: the slot release in `on_end`
+            # must run to its end, whatever the client does now.
+            self._finished = True
             if watcher is not None:
                 watcher.cancel()
             await self.events.aclose()  # type: ignore[attr-defined]
@@ -223,4 +226,10 @@ class EventStream(Response):
             idle += tick
             if idle >= self.ping_seconds:
                 idle = 0.0
-                await send({"type": "http.response.body", "body": PING, "more_body": True})
+                # A ping can block behind a full buffer as well as an event can.
+                try:
+                    async with asyncio.timeout(self.send_timeout):
+                        await send({"type": "http.response.body", "body": PING, "more_body": True})
+                except TimeoutError:
+                    self.stop("slow_client")
+                    return

@@ -42,6 +42,9 @@ class BackendError(Exception):
 class Backend(Protocol):
     name: str
     model: str
+    # True when `open()` waits on the network; the route then watches for the client
+    # leaving meanwhile (the stream's own watcher does not exist yet).
+    opens_upstream: bool
 
     async def open(self, request: ChatRequest) -> AsyncIterator[Event]: ...
 

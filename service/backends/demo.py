@@ -40,6 +40,7 @@ def reply_for(message: str) -> str:
 class DemoBackend:
     name = "demo"
     model = "demo"
+    opens_upstream = False
 
     def __init__(self, delay_scale: float = 1.0) -> None:
         self.delay_scale = delay_scale

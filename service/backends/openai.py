@@ -36,6 +36,7 @@ STEP_FLUSH_CHARS = 240
 
 class OpenAIBackend:
     name = "openai"
+    opens_upstream = True
 
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None):
         assert settings.openai_base_url and settings.openai_model

@@ -38,7 +38,8 @@ def _shared_processors() -> list[Any]:
 
 def make_handler(log_format: str = "json") -> logging.Handler:
     renderer: Any = (
-        structlog.dev.ConsoleRenderer()
+        # Plain tracebacks: rich's default shows frame locals (tokens, message text).
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         if log_format == "console"
         else structlog.processors.JSONRenderer()
     )

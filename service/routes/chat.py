@@ -7,6 +7,7 @@ open-stream slot -> cache look-up -> backend or replay -> sse.EventStream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -15,6 +16,7 @@ from typing import Annotated, Any, cast
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.convertors import StringConvertor, register_url_convertor
+from starlette.types import Receive
 
 from ..auth import Principal
 from ..backends import Backend, BackendError, ChatRequest, Turn
@@ -23,6 +25,7 @@ from ..config import Settings
 from ..conversations import Conversations, HistoryUnavailable, NotFound
 from ..deps import CurrentUser, RateLimited
 from ..errors import (
+    ClientGone,
     InvalidInput,
     NotFoundError,
     TooManyRequests,
@@ -220,7 +223,7 @@ async def _stream(
     else:
         lead = leading and single_flight
         try:
-            upstream = await _open(backend, chat)
+            upstream = await _open_unless_gone(request, backend, chat)
         except BaseException:
             if lead:
                 await cache.finish(key, None, leading=True)  # type: ignore[arg-type]
@@ -266,6 +269,32 @@ def _remember(
     return remember
 
 
+async def _open_unless_gone(
+    request: Request, backend: Backend, chat: ChatRequest
+) -> AsyncIterator[Event]:
+    """Open the backend, unless the client leaves first: an upstream that is slow to answer
+    (retries included) would otherwise run on for nobody, holding the user's stream slot."""
+    if not backend.opens_upstream:
+        return await _open(backend, chat)
+    opening = asyncio.ensure_future(_open(backend, chat))
+    leaving = asyncio.ensure_future(_disconnected(request.receive))
+    try:
+        await asyncio.wait({opening, leaving}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        leaving.cancel()
+    if opening.done():
+        return opening.result()
+    opening.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await opening
+    raise ClientGone("the client closed the request")
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _open(backend: Backend, chat: ChatRequest) -> AsyncIterator[Event]:
     metrics.backend_streams.labels(backend.name).inc()
     try:
@@ -304,9 +333,9 @@ START = Event("start", {"message": "connected"})
 async def _replay(events: list[Event], remember: Remember) -> AsyncIterator[Event]:
     yield START
     for event in events:
+        if event.name == "done" and remember is not None:
+            await remember(events)  # before `done`: a client's next turn must see this one
         yield event
-    if remember is not None:
-        await remember(events)
 
 
 async def _follow(
@@ -317,10 +346,9 @@ async def _follow(
     yield START
     waited = await cache.wait(key)
     if waited is not None:
-        for event in waited:
-            yield event
-        if remember is not None:
-            await remember(waited)
+        async for event in _replay(waited, remember):
+            if event is not START:
+                yield event
         return
     try:
         upstream = await _open(backend, chat)
@@ -339,10 +367,10 @@ async def _generate(
     leading: bool,
     remember: Remember,
 ) -> AsyncIterator[Event]:
-    """Stream the backend's events; on `done`, store them in the cache when there is a key
-    and in the conversation when there is one. A leader's single-flight lock is released
+    """Stream the backend's events; on `done`, remember the turn in its conversation
+    (before `done` goes out, so a client's next turn sees it) and store the events in the
+    cache (after, since nobody waits on that). A leader's single-flight lock is released
     however the stream ends, so waiters never wait on a stream that is gone."""
-    yield START
     record = key is not None or remember is not None
     recorded: list[Event] = []
     completed = False
@@ -350,17 +378,20 @@ async def _generate(
     # not whenever the garbage collector gets to it.
     events = cast(AsyncGenerator[Event, None], upstream)
     try:
+        yield START
         async with aclosing(events):
             async for event in events:
                 if record:
                     recorded.append(event)
+                if event.name == "done":
+                    completed = True
+                    if remember is not None:
+                        await remember(recorded)
                 yield event
-        completed = bool(recorded) and recorded[-1].name == "done"
     except BackendError as exc:
+        completed = False
         metrics.backend_errors.labels(exc.code).inc()
         yield Event("error", {"code": exc.code, "message": exc.message})
     finally:
         if key is not None and (completed or leading):
             await cache.finish(key, recorded if completed else None, leading)
-    if completed and remember is not None:
-        await remember(recorded)

@@ -152,6 +152,23 @@ def test_a_client_disconnect_closes_the_upstream_request(
     assert time.monotonic() - closed_at < 1.0
 
 
+def test_a_client_leaving_before_the_first_byte_closes_the_upstream_request(
+    svc: Service, upstream: FakeOpenAI
+) -> None:
+    """Regression: while the upstream had not answered yet, nothing watched the client."""
+    message = f"slowstart {uuid.uuid4()}"
+    with (
+        httpx.Client(base_url=svc.url, timeout=httpx.Timeout(30, read=0.5)) as http,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        http.post("/chat", json={"message": message}, headers=bearer())
+    left_at = time.monotonic()
+    seen = next(r for r in upstream.requests if r.body["messages"][-1]["content"] == message)
+    assert seen.disconnected.wait(5)
+    assert time.monotonic() - left_at < 1.0
+    svc.wait_for_records(lambda record: record.get("status") == 499)
+
+
 def test_a_two_turn_conversation_carries_the_first_turn_upstream(
     http: httpx.Client, upstream: FakeOpenAI
 ) -> None:

@@ -120,6 +120,8 @@ class FakeOpenAI:
             writer.write(json.dumps({"error": {"message": LEAK}}).encode())
             await writer.drain()
             return
+        if scenario == "slowstart":  # headers only after 3 s: a slow-to-answer upstream
+            await asyncio.sleep(3)
         if scenario == "flaky" and self.attempts[message] == 1:
             start("503 Service Unavailable", "application/json")
             writer.write(b'{"error": "warming up"}')

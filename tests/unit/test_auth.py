@@ -50,6 +50,9 @@ def test_each_refusal_has_its_reason() -> None:
     assert reason("a.b") == "malformed"
     assert reason("%%%.e30.sig") == "malformed"
     assert reason(make_token(pad="x" * 10_000)) == "oversized"
+    # Regression: an unhashable `alg` made the allow-list check raise (a 500, not a 401).
+    assert reason(_with_header(make_token(), {"alg": ["HS256"], "typ": "JWT"})) == "algorithm"
+    assert reason(_with_header(make_token(), {"alg": {"x": 1}})) == "algorithm"
 
 
 def test_leeway_is_applied_to_exp() -> None:
@@ -160,6 +163,9 @@ def test_an_unreachable_jwks_is_unavailable_not_unauthorized() -> None:
         settings = Settings(jwt_jwks_url="http://127.0.0.1:9/jwks", jwt_algorithms=["RS256"])  # type: ignore[arg-type]
         verifier = TokenVerifier(settings)
         token = _with_header(make_token(), {"alg": "RS256", "typ": "JWT", "kid": "k"})
+        with pytest.raises(KeysUnavailable):
+            await verifier.verify(token)
+        # Still 503 (not a 401 for an "unknown key") while the refetch pause lasts.
         with pytest.raises(KeysUnavailable):
             await verifier.verify(token)
         await verifier.aclose()

@@ -85,3 +85,17 @@ def test_lists_are_comma_separated(env: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.cors_origins == ["https://a.example.com", "https://b.example.com"]
     assert settings.jwt_algorithms == ["RS256", "ES256"]
+
+
+def test_history_turns_zero_keeps_no_history() -> None:
+    import asyncio
+
+    from service.backends import Turn
+    from service.conversations import Conversations
+
+    async def scenario() -> list[Turn]:
+        conversations = Conversations(None, max_turns=0, ttl=60)
+        await conversations.append("u", "c", [Turn("user", "hi"), Turn("assistant", "yo")])
+        return await conversations.history("u", "c")
+
+    assert asyncio.run(scenario()) == []
