@@ -11,7 +11,7 @@ import httpx
 
 from tests.support.async_sse import Events, read_events
 from tests.support.metrics import metric
-from tests.support.service import Service, running_service
+from tests.support.service import LIMITS_OFF, Service, running_service
 from tests.support.tokens import bearer, make_token
 
 STREAMS = 50
@@ -52,8 +52,7 @@ async def _open_streams(svc: Service) -> list[Events | BaseException]:
 def test_sigterm_with_50_open_streams_lets_every_one_finish_with_done() -> None:
     env = {
         "CHAT_DEMO_DELAY_SCALE": "0.3",  # about 1.3 s per stream
-        "CHAT_RATE_LIMIT": "1000000/minute",
-        "CHAT_MAX_STREAMS_PER_USER": "100000",
+        **LIMITS_OFF,
         "CHAT_CACHE_TTL": "0",
     }
     with running_service(env, workers=2) as svc:

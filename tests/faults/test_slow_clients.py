@@ -28,7 +28,7 @@ import pytest
 
 from tests.support.metrics import wait_for_metric
 from tests.support.procfs import peer_ports, total_rss_bytes
-from tests.support.service import running_service
+from tests.support.service import LIMITS_OFF, running_service
 from tests.support.sse import stream_chat
 from tests.support.tokens import bearer, make_token
 
@@ -81,8 +81,7 @@ def outcome() -> Iterator[Outcome]:
         "CHAT_SSE_SEND_TIMEOUT": str(SEND_TIMEOUT),
         "CHAT_SSE_PING_SECONDS": str(TICK),
         "CHAT_MAX_MESSAGE_CHARS": str(MESSAGE_CHARS),
-        "CHAT_RATE_LIMIT": "1000000/minute",
-        "CHAT_MAX_STREAMS_PER_USER": "100000",
+        **LIMITS_OFF,
         "CHAT_CACHE_TTL": "0",
     }
     with running_service(env, workers=2) as svc:

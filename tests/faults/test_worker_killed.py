@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from tests.support.procfs import peer_ports
-from tests.support.service import Service, running_service
+from tests.support.service import LIMITS_OFF, Service, running_service
 from tests.support.sse import read_stream
 from tests.support.tokens import bearer, make_token
 
@@ -100,8 +100,7 @@ class Traffic:
 def test_sigkilled_worker_fails_only_its_own_streams_and_is_replaced() -> None:
     env = {
         "CHAT_DEMO_DELAY_SCALE": "0.3",  # about 1.3 s per stream
-        "CHAT_RATE_LIMIT": "1000000/minute",
-        "CHAT_MAX_STREAMS_PER_USER": "100000",
+        **LIMITS_OFF,
         "CHAT_CACHE_TTL": "0",
     }
     with running_service(env, workers=2) as svc:

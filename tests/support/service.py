@@ -25,6 +25,9 @@ from .tokens import SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 
+# For tests about something else: rate and open-stream limits that never bite.
+LIMITS_OFF = {"CHAT_RATE_LIMIT": "1000000/minute", "CHAT_MAX_STREAMS_PER_USER": "100000"}
+
 
 def free_port() -> int:
     with socket.socket() as sock:
