@@ -77,18 +77,10 @@ class OpenAIBackend:
                 response = await stack.enter_async_context(
                     self.client.stream("POST", self.url, json=body)
                 )
-            except httpx.TimeoutException:
+            except httpx.HTTPError as exc:  # TimeoutException is one too
                 await stack.aclose()
                 if last:
-                    raise BackendError(
-                        "upstream_timeout", "the model did not answer", 504
-                    ) from None
-            except httpx.HTTPError:
-                await stack.aclose()
-                if last:
-                    raise BackendError(
-                        "upstream_unavailable", "the model is unreachable", 503
-                    ) from None
+                    raise _unreachable(exc) from None
             else:
                 if response.status_code < 300:
                     return self._events(stack, response)
@@ -173,6 +165,12 @@ def _parse(data: str) -> dict[str, Any]:
 def _word_boundary(text: str) -> int:
     space = text.rfind(" ", 0, STEP_FLUSH_CHARS)
     return space if space > 0 else STEP_FLUSH_CHARS
+
+
+def _unreachable(exc: httpx.HTTPError) -> BackendError:
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError("upstream_timeout", "the model did not answer", 504)
+    return BackendError("upstream_unavailable", "the model is unreachable", 503)
 
 
 def _refusal(status: int) -> BackendError:

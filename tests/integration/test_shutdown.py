@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from tests.support.service import running_service
+from tests.support.service import Service, running_service
 from tests.support.sse import Stream, stream_chat
 from tests.support.tokens import bearer
 
@@ -24,17 +24,23 @@ def _stream_in_background(url: str, result: list[Stream]) -> threading.Thread:
     return thread
 
 
+def _sigterm_during_a_stream(svc: Service) -> Stream:
+    """Open a stream, SIGTERM gunicorn while it is open, and return what the client read."""
+    result: list[Stream] = []
+    thread = _stream_in_background(svc.url, result)
+    # Wait until the stream is really open: the gauge is written as it starts.
+    _wait_open(svc.url)
+    svc.proc.send_signal(signal.SIGTERM)
+    thread.join(30)
+    assert svc.proc.wait(30) == 0
+    (stream,) = result
+    return stream
+
+
 def test_sigterm_drains_an_open_stream_to_done() -> None:
     with running_service({"CHAT_DEMO_DELAY_SCALE": "0.5"}, workers=2) as svc:
-        result: list[Stream] = []
-        thread = _stream_in_background(svc.url, result)
-        # Wait until the stream is really open: the gauge is written as it starts.
-        _wait_open(svc.url)
-        svc.proc.send_signal(signal.SIGTERM)
-        thread.join(30)
-        assert svc.proc.wait(30) == 0
+        stream = _sigterm_during_a_stream(svc)
 
-    (stream,) = result
     assert stream.names[-1] == "done"
     assert stream.text.startswith("You said: drain-me.")
 
@@ -42,15 +48,9 @@ def test_sigterm_drains_an_open_stream_to_done() -> None:
 def test_streams_still_open_after_the_graceful_period_end_with_a_shutdown_event() -> None:
     env = {"CHAT_DEMO_DELAY_SCALE": "20", "CHAT_GRACEFUL_TIMEOUT": "1"}
     with running_service(env, workers=1) as svc:
-        result: list[Stream] = []
-        thread = _stream_in_background(svc.url, result)
-        _wait_open(svc.url)
-        svc.proc.send_signal(signal.SIGTERM)
-        thread.join(30)
-        assert svc.proc.wait(30) == 0
+        stream = _sigterm_during_a_stream(svc)
         svc.wait_for_outcome("shutdown")
 
-    (stream,) = result
     assert stream.names[-1] == "error"
     assert stream.events[-1].data["code"] == "shutdown"
 
