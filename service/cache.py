@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from .sse import Event
-from .store import Store
+from .store import Script, Store
 
 MAX_ENTRY_BYTES = 256 * 1024
 MEMORY_ENTRIES = 256
@@ -49,12 +49,12 @@ def loads(blob: bytes) -> list[Event]:
 
 # KEYS = entry, lock; ARGV = lock seconds. One round trip for a look-up that either finds
 # the entry or, on a miss, tries to become the request that generates it.
-LOOKUP = """
+LOOKUP = Script("""
 local entry = redis.call('GET', KEYS[1])
 if entry then return {1, entry} end
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return {0, 1} end
 return {0, 0}
-"""
+""")
 
 
 class ResponseCache:
@@ -63,7 +63,6 @@ class ResponseCache:
         self.store = store
         self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._flights: dict[str, asyncio.Future[None]] = {}
-        self._lookup = store.redis.register_script(LOOKUP) if store is not None else None
 
     @property
     def enabled(self) -> bool:
@@ -74,12 +73,11 @@ class ResponseCache:
         (False: an identical request is generating already; `wait` for it)."""
         if key in self._flights:
             return await self.get(key), False
-        if self.store is None or self._lookup is None:
+        if self.store is None:
             events = await self.get(key)
         else:
-            script = self._lookup
-            found: Any = await self.store.call(
-                "cache_get", lambda: script(keys=[key, f"{key}:lock"], args=[LOCK_SECONDS]), None
+            found: Any = await self.store.run_script(
+                "cache_get", LOOKUP, [key, f"{key}:lock"], [LOCK_SECONDS], fallback=None
             )
             if found is None:  # Redis is away: generate here, uncoordinated
                 events = None
@@ -100,14 +98,15 @@ class ResponseCache:
             if entry is None or entry[0] < time.monotonic():
                 return None
             return _loads(entry[1])
-        redis = self.store.redis
-        blob: Any = await self.store.call("cache_get", lambda: redis.get(key), None)
+        blob: Any = await self.store.execute("cache_get", "GET", key, fallback=None)
         return _loads(blob) if isinstance(blob, bytes) else None
 
-    async def finish(self, key: str, events: Sequence[Event] | None, leading: bool) -> None:
+    def finish(self, key: str, events: Sequence[Event] | None, leading: bool) -> None:
         """Store a completed stream (`events`, or None for one that failed) and, for the
-        leader, release the lock and wake the waiters, in one round trip."""
+        leader, release the lock and then wake the waiters. Nobody waits for the write: it
+        goes with whatever else the stream's end sends (its slot release)."""
         blob = dumps(events) if events is not None else None
+        written = None
         if self.store is None:
             if blob is not None:
                 self._memory[key] = (time.monotonic() + self.ttl, blob)
@@ -115,21 +114,24 @@ class ResponseCache:
                 while len(self._memory) > MEMORY_ENTRIES:
                     self._memory.popitem(last=False)
         elif blob is not None or leading:
-            redis = self.store.redis
+            commands: list[tuple[Any, ...]] = []
+            if blob is not None:
+                commands.append(("SET", key, blob, "EX", self.ttl))
+            if leading:
+                commands.append(("DEL", f"{key}:lock"))
+            written = self.store.send("cache_put", *commands)
+        if not leading:
+            return
+        if written is None:
+            self._land(key)
+        else:
+            written.add_done_callback(lambda _: self._land(key))
 
-            async def write() -> None:
-                async with redis.pipeline(transaction=False) as pipe:
-                    if blob is not None:
-                        pipe.set(key, blob, ex=self.ttl)
-                    if leading:
-                        pipe.delete(f"{key}:lock")
-                    await pipe.execute()
-
-            await self.store.call("cache_put", write, None)
-        if leading:
-            flight = self._flights.pop(key, None)
-            if flight is not None and not flight.done():
-                flight.set_result(None)
+    def _land(self, key: str) -> None:
+        """The leader's entry is written (or failed): wake this worker's waiters."""
+        flight = self._flights.pop(key, None)
+        if flight is not None and not flight.done():
+            flight.set_result(None)
 
     async def wait(self, key: str, patience: float = LOCK_SECONDS) -> list[Event] | None:
         """Wait for the leader of `key`, then return its stored events, or None if it failed."""
@@ -143,14 +145,13 @@ class ResponseCache:
         if self.store is None:
             return None
         # The leader is elsewhere: poll for its entry while its lock stands.
-        redis = self.store.redis
         deadline = time.monotonic() + patience
         attempt = 0
         while time.monotonic() < deadline:
             events = await self.get(key)
             if events is not None:
                 return events
-            locked = await self.store.call("cache_lock", lambda: redis.exists(f"{key}:lock"), 0)
+            locked = await self.store.execute("cache_lock", "EXISTS", f"{key}:lock", fallback=0)
             if not locked:
                 return await self.get(key)
             await asyncio.sleep(WAIT_POLL_SECONDS[min(attempt, len(WAIT_POLL_SECONDS) - 1)])

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from limits import parse
 from limits.aio.storage import MemoryStorage, RedisStorage
 
-from .store import Store
+from .store import Script, Store
 
 # KEYS[1] = the user's lease set; ARGV = now, lease expiry, max streams, stream id.
 # Drops expired leases, then adds this one if there is room. Returns 1 or 0.
-ACQUIRE = """
+ACQUIRE = Script("""
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
   return 0
@@ -36,7 +36,7 @@ end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
 return 1
-"""
+""")
 
 
 WINDOW_CACHE_SIZE = 100_000
@@ -123,7 +123,6 @@ class StreamSlots:
         self.lease_seconds = lease_seconds
         self._local: Counter[str] = Counter()
         self._held: dict[str, str] = {}  # slot id -> user, for renewal and release
-        self._acquire = store.redis.register_script(ACQUIRE) if store is not None else None
         self._renewer: asyncio.Task[None] | None = None
 
     @staticmethod
@@ -132,16 +131,15 @@ class StreamSlots:
 
     async def acquire(self, user: str) -> str | None:
         slot = uuid.uuid4().hex
-        if self.store is None or self._acquire is None:
+        if self.store is None:
             if self._local[user] >= self.limit:
                 return None
             self._local[user] += 1
         else:
             now = time.time()
-            script = self._acquire
-            args: list[float | str] = [now, now + self.lease_seconds, self.limit, slot]
-            acquired = await self.store.call(
-                "stream_slot", lambda: script(keys=[self._key(user)], args=args), 1
+            args = (now, now + self.lease_seconds, self.limit, slot)
+            acquired = await self.store.run_script(
+                "stream_slot", ACQUIRE, [self._key(user)], args, fallback=1
             )
             if not acquired:
                 return None
@@ -158,8 +156,7 @@ class StreamSlots:
             if self._local[user] <= 0:
                 del self._local[user]
             return
-        redis = self.store.redis
-        await self.store.call("stream_slot", lambda: redis.zrem(self._key(user), slot), 0)
+        await self.store.execute("stream_slot", "ZREM", self._key(user), slot, fallback=0)
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

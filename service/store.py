@@ -11,16 +11,19 @@ goes away and when it is back, not once per request.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 
 from .observability import metrics
 from .observability.logging import get_logger
+from .pipelining import AutoPipeline
 
 T = TypeVar("T")
 log = get_logger("service.store")
@@ -35,6 +38,18 @@ REDIS_RETRY_SECONDS = 1.0
 # Per worker. A check holds a connection for well under a millisecond, so this many serve
 # thousands of requests a second; beyond it, calls queue for a free one.
 REDIS_MAX_CONNECTIONS = 64
+# Per worker, for the hot path's batched commands (see pipelining.py): each carries one
+# loop turn's commands for one round trip, so a few are plenty even under heavy load.
+PIPELINE_CONNECTIONS = 8
+
+
+class Script:
+    """A Lua script run by its SHA1, with its source sent instead when Redis lacks it
+    (after a restart or SCRIPT FLUSH); Redis then keeps it for the next EVALSHA."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's own naming
 
 
 class Store:
@@ -61,6 +76,7 @@ class Store:
             health_check_interval=0,
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self.pool)
+        self.pipeline = AutoPipeline(self.pool, PIPELINE_CONNECTIONS)
         self._down_until = 0.0
         self._down = False
 
@@ -84,6 +100,47 @@ class Store:
             log.info("redis is back")
         return result
 
+    async def execute(self, op: str, *command: Any, fallback: T) -> Any:
+        """One command, sent with whatever else this turn of the event loop sends; its raw
+        reply (bytes, int, list), or `fallback`."""
+        return await self.call(op, lambda: self.pipeline.execute(*command), fallback)
+
+    async def run_script(
+        self, op: str, script: Script, keys: Sequence[str], args: Sequence[Any], fallback: T
+    ) -> Any:
+        """A Lua script, batched like `execute`."""
+
+        async def run() -> Any:
+            try:
+                return await self.pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await self.pipeline.execute("EVAL", script.source, len(keys), *keys, *args)
+
+        return await self.call(op, run, fallback)
+
+    def send(self, op: str, *commands: tuple[Any, ...]) -> asyncio.Future[Any] | None:
+        """Commands nobody waits for, batched like `execute`; a failure is counted and
+        logged as usual. Returns the last one's future, which is done when all are (they go
+        in one batch, answered in order), or None while Redis is paused."""
+        if not self.available:
+            metrics.redis_errors.labels(op).inc()
+            return None
+        future = None
+        for command in commands:
+            future = self.pipeline.execute(*command)
+            future.add_done_callback(lambda done: self._sent(op, done))
+        return future
+
+    def _sent(self, op: str, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._failed(op, exc)
+        elif self._down:
+            self._down = False
+            log.info("redis is back")
+
     def _failed(self, op: str, exc: BaseException) -> None:
         metrics.redis_errors.labels(op).inc()
         self._down_until = time.monotonic() + self.retry_after
@@ -106,5 +163,6 @@ class Store:
         return True
 
     async def aclose(self) -> None:
+        await self.pipeline.aclose()
         await self.redis.aclose()
         await self.pool.disconnect()

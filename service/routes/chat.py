@@ -175,7 +175,7 @@ async def _respond(
 
     if slot_id is None:
         if leading and request.state.cache == "MISS":
-            await cache.finish(key, None, leading=True)  # type: ignore[arg-type]
+            cache.finish(key, None, leading=True)  # type: ignore[arg-type]
         metrics.rate_limited.labels("streams").inc()
         raise TooManyRequests("too many open streams", STREAMS_RETRY_AFTER, rate.headers())
     if request.state.cache != "OFF" and request.state.cache != "BYPASS":
@@ -210,7 +210,7 @@ async def _stream(
         history = await _history(state.conversations, user, conversation_id)
     except BaseException:
         if leading and single_flight:
-            await cache.finish(key, None, leading=True)  # type: ignore[arg-type]
+            cache.finish(key, None, leading=True)  # type: ignore[arg-type]
         raise
     chat = ChatRequest(message=message, history=history)
 
@@ -226,7 +226,7 @@ async def _stream(
             upstream = await _open_unless_gone(request, backend, chat)
         except BaseException:
             if lead:
-                await cache.finish(key, None, leading=True)  # type: ignore[arg-type]
+                cache.finish(key, None, leading=True)  # type: ignore[arg-type]
             raise
         events = _generate(upstream, cache, key, lead, remember)
     return EventStream(
@@ -394,4 +394,4 @@ async def _generate(
         yield Event("error", {"code": exc.code, "message": exc.message})
     finally:
         if key is not None and (completed or leading):
-            await cache.finish(key, recorded if completed else None, leading)
+            cache.finish(key, recorded if completed else None, leading)

@@ -1,0 +1,114 @@
+"""The Store's batched commands against a real redis-server: what one loop turn sends goes
+in one write on one connection, replies find their own command, and failures stay bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import redis as sync_redis
+from redis.exceptions import ResponseError
+
+from service.store import Script, Store
+from tests.support.redis import RedisServer, running_redis
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+def _with_store(url: str, body: Callable[[Store], Awaitable[T]], retry_after: float = 1.0) -> T:
+    async def run() -> T:
+        store = Store(url, retry_after=retry_after)
+        try:
+            return await body(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
+
+
+def _clients(url: str) -> int:
+    info: Any = sync_redis.Redis.from_url(url).info("clients")
+    return int(info["connected_clients"])
+
+
+def test_one_loop_turn_goes_in_one_write_on_one_connection(redis: RedisServer) -> None:
+    async def body(store: Store) -> tuple[list[Any], int]:
+        replies = await asyncio.gather(
+            *(store.execute("test", "INCR", "counter", fallback=None) for _ in range(200))
+        )
+        return replies, _clients(redis.url) - 1  # less the one asking
+
+    replies, connections = _with_store(redis.url, body)
+    assert replies == list(range(1, 201))  # each command got its own reply, in order
+    assert connections == 1
+
+
+def test_an_error_reply_fails_only_its_own_command(redis: RedisServer) -> None:
+    async def body(store: Store) -> list[Any]:
+        await store.execute("test", "SET", "text", "not a number", fallback=None)
+        pipeline = store.pipeline
+        futures = [
+            pipeline.execute("INCR", "text"),
+            pipeline.execute("GET", "text"),
+            pipeline.execute("INCR", "number"),
+        ]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    wrong, text, number = _with_store(redis.url, body)
+    assert isinstance(wrong, ResponseError)
+    assert text == b"not a number"
+    assert number == 1
+
+
+def test_a_script_runs_again_after_redis_forgets_it(redis: RedisServer) -> None:
+    script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+
+    async def body(store: Store) -> list[Any]:
+        first = await store.run_script("test", script, ["n"], [2], fallback=None)
+        await store.execute("test", "SCRIPT", "FLUSH", fallback=None)
+        second = await store.run_script("test", script, ["n"], [3], fallback=None)
+        third = await store.run_script("test", script, ["n"], [4], fallback=None)
+        return [first, second, third]
+
+    assert _with_store(redis.url, body) == [2, 5, 9]
+
+
+def test_a_frozen_redis_costs_a_command_its_timeout_and_no_more(redis: RedisServer) -> None:
+    async def body(store: Store) -> tuple[Any, float, bool]:
+        assert await store.execute("test", "PING", fallback=None) == b"PONG"
+        redis.freeze()
+        try:
+            started = time.monotonic()
+            reply = await store.execute("test", "PING", fallback="fell back")
+            waited = time.monotonic() - started
+            return reply, waited, store.available
+        finally:
+            redis.thaw()
+
+    reply, waited, available = _with_store(redis.url, body)
+    assert reply == "fell back"
+    assert 0.4 < waited < 1.0
+    assert not available  # the next requests skip Redis for a moment instead of waiting
+
+
+def test_a_restarted_redis_is_used_again_on_the_same_connections(redis: RedisServer) -> None:
+    async def body(store: Store) -> list[Any]:
+        before = await store.execute("test", "INCR", "n", fallback=None)
+        redis.restart()
+        during = await store.execute("test", "INCR", "n", fallback="fell back")
+        after = await store.execute("test", "INCR", "n", fallback="fell back")
+        return [before, during, after]
+
+    before, during, after = _with_store(redis.url, body, retry_after=0.0)
+    assert before == 1
+    assert during == "fell back"  # the batch on the old socket failed, bounded
+    assert after == 1  # a fresh server (nothing saved) on a reconnected socket
