@@ -71,14 +71,7 @@ class RateLimits:
         # is fixed, so while it lasts the increment alone is the whole check.
         self._window_ends: dict[str, float] = {}
         self.storage: RedisStorage | MemoryStorage = (
-            RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                key_prefix="chat:rate",
-                connection_pool=store.redis.connection_pool,  # type: ignore[arg-type]
-            )
-            if store is not None
-            else MemoryStorage()
+            BatchedRedisStorage(store) if store is not None else MemoryStorage()
         )
 
     async def hit(self, key: str) -> RateResult:
@@ -112,6 +105,30 @@ class RateLimits:
         allowed = count <= item.amount
         reset = max(0 if allowed else 1, math.ceil(reset_at - time.time()))
         return RateResult(allowed, item.amount, max(0, item.amount - count), reset)
+
+
+class BatchedRedisStorage(RedisStorage):
+    """limits' own Redis storage (its keys, its increment script, its other calls), with
+    the two a fixed window makes on every request, the increment and the expiry, sent in
+    the Store's batches (pipelining.py) instead of a round trip of their own each."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(
+            "async+redis://",
+            implementation="redispy",
+            key_prefix="chat:rate",
+            connection_pool=store.pool,  # type: ignore[arg-type]
+        )
+        self.store = store
+        self._incr_expire = Script(self.bridge.SCRIPT_INCR_EXPIRE)
+
+    async def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        keys = [self.bridge.prefixed_key(key)]
+        return int(await self.store.eval(self._incr_expire, keys, [expiry, amount]))
+
+    async def get_expiry(self, key: str) -> float:
+        ttl = await self.store.pipeline.execute("TTL", self.bridge.prefixed_key(key))
+        return max(int(ttl), 0) + time.time()
 
 
 class StreamSlots:

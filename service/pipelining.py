@@ -10,17 +10,19 @@ slot release share another, and under load the commands of many streams share ea
 
 Replies come back in order, so each command's future gets its own reply; an error reply
 (a `ResponseError`) fails only its own command. A connection that fails (refused, reset,
-or silent past its socket timeout) fails every command of its batch and reconnects on its
-next use. The connections are redis-py's own, built from the pool's settings, and kept
-here: `max_connections` of them at most; when all are busy, commands wait for the first to
-come back and then go with it.
+or silent past `timeout` for its whole exchange) fails every command of its batch and
+reconnects on its next use. The connections are redis-py's own, built from the pool's
+settings, and kept here: `max_connections` of them at most; when all are busy, commands
+wait for the first to come back and then go with it. Commands are packed by hiredis, in C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ResponseError
 
@@ -28,9 +30,12 @@ Command = tuple[Any, ...]
 
 
 class AutoPipeline:
-    def __init__(self, pool: ConnectionPool, max_connections: int) -> None:
+    def __init__(self, pool: ConnectionPool, max_connections: int, timeout: float) -> None:
         self.pool = pool
         self.max_connections = max_connections
+        self.timeout = timeout
+        # One deadline per exchange, below, instead of redis-py's per write and per reply.
+        self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._idle: list[AbstractConnection] = []
         self._opened: list[AbstractConnection] = []
         self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
@@ -54,7 +59,7 @@ class AutoPipeline:
         if self._idle:
             connection = self._idle.pop()
         elif len(self._opened) < self.max_connections:
-            connection = self.pool.make_connection()  # type: ignore[no-untyped-call]
+            connection = self.pool.connection_class(**self._connection_kwargs)
             self._opened.append(connection)
         else:
             return  # the first connection to come back takes the queue
@@ -70,23 +75,23 @@ class AutoPipeline:
         finally:
             self._idle.append(connection)
 
-    @staticmethod
     async def _exchange(
-        connection: AbstractConnection, batch: list[tuple[Command, asyncio.Future[Any]]]
+        self, connection: AbstractConnection, batch: list[tuple[Command, asyncio.Future[Any]]]
     ) -> None:
         try:
-            await connection.send_packed_command(
-                connection.pack_commands(command for command, _ in batch), check_health=False
-            )
-            for _, future in batch:
-                try:
-                    reply = await connection.read_response()
-                except ResponseError as exc:
-                    if not future.done():
-                        future.set_exception(exc)
-                    continue
-                if not future.done():  # a caller that timed out has cancelled it
-                    future.set_result(reply)
+            async with asyncio.timeout(self.timeout):
+                await connection.send_packed_command(
+                    b"".join([pack_command(command) for command, _ in batch]), check_health=False
+                )
+                for _, future in batch:
+                    try:
+                        reply = await connection.read_response(timeout=math.inf)
+                    except ResponseError as exc:
+                        if not future.done():
+                            future.set_exception(exc)
+                        continue
+                    if not future.done():  # a caller that timed out has cancelled it
+                        future.set_result(reply)
         except BaseException as exc:
             await connection.disconnect()
             cancelled = isinstance(exc, asyncio.CancelledError)

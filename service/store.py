@@ -47,9 +47,9 @@ class Script:
     """A Lua script run by its SHA1, with its source sent instead when Redis lacks it
     (after a restart or SCRIPT FLUSH); Redis then keeps it for the next EVALSHA."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's own naming
+    def __init__(self, source: str | bytes) -> None:
+        self.source = source.encode() if isinstance(source, str) else source
+        self.sha = hashlib.sha1(self.source).hexdigest()  # noqa: S324 - Redis's own naming
 
 
 class Store:
@@ -76,7 +76,7 @@ class Store:
             health_check_interval=0,
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self.pool)
-        self.pipeline = AutoPipeline(self.pool, PIPELINE_CONNECTIONS)
+        self.pipeline = AutoPipeline(self.pool, PIPELINE_CONNECTIONS, timeout)
         self._down_until = 0.0
         self._down = False
 
@@ -109,14 +109,14 @@ class Store:
         self, op: str, script: Script, keys: Sequence[str], args: Sequence[Any], fallback: T
     ) -> Any:
         """A Lua script, batched like `execute`."""
+        return await self.call(op, lambda: self.eval(script, keys, args), fallback)
 
-        async def run() -> Any:
-            try:
-                return await self.pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                return await self.pipeline.execute("EVAL", script.source, len(keys), *keys, *args)
-
-        return await self.call(op, run, fallback)
+    async def eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """A Lua script, batched, with no timeout or fallback: for callers inside `call`."""
+        try:
+            return await self.pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await self.pipeline.execute("EVAL", script.source, len(keys), *keys, *args)
 
     def send(self, op: str, *commands: tuple[Any, ...]) -> asyncio.Future[Any] | None:
         """Commands nobody waits for, batched like `execute`; a failure is counted and
