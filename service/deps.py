@@ -13,8 +13,7 @@ import structlog
 from fastapi import Depends, Request
 
 from .auth import AuthError, KeysUnavailable, Principal, TokenVerifier
-from .errors import TooManyRequests, Unauthorized, Unavailable
-from .limits import RateLimits, RateResult
+from .errors import Unauthorized, Unavailable
 from .observability import metrics
 
 
@@ -51,18 +50,3 @@ async def _verify(request: Request) -> Principal:
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
-
-
-async def rate_limit(request: Request, user: CurrentUser) -> RateResult:
-    """One budget per user across both chat routes; runs after auth, before the body."""
-    started = time.perf_counter()
-    limits: RateLimits = request.app.state.rate_limits
-    result = await limits.hit(f"user:{user.sub}")
-    request.state.timing.limits = (time.perf_counter() - started) * 1000
-    if not result.allowed:
-        metrics.rate_limited.labels("rate").inc()
-        raise TooManyRequests("rate limit reached", result.reset_seconds, result.headers())
-    return result
-
-
-RateLimited = Annotated[RateResult, Depends(rate_limit)]

@@ -1,7 +1,7 @@
 """The chat endpoints: a message in, an SSE stream of start/thinking/content/done out.
 
-route -> auth (deps.CurrentUser) -> rate limit (deps.RateLimited) -> message checks ->
-open-stream slot -> cache look-up -> backend or replay -> sse.EventStream.
+route -> auth (deps.CurrentUser) -> message checks -> rate limit, open-stream slot and
+cache look-up (one Redis round trip) -> backend or replay -> sse.EventStream.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ..backends import Backend, BackendError, ChatRequest, Turn
 from ..cache import ResponseCache, cache_key
 from ..config import Settings
 from ..conversations import Conversations, HistoryUnavailable, NotFound
-from ..deps import CurrentUser, RateLimited
+from ..deps import CurrentUser
 from ..errors import (
     ClientGone,
     InvalidInput,
@@ -33,7 +33,7 @@ from ..errors import (
     UnsupportedMediaType,
     UpstreamFailed,
 )
-from ..limits import RateResult, StreamSlots
+from ..limits import RateLimits, RateResult, StreamSlots
 from ..observability import metrics
 from ..shutdown import Drain
 from ..sse import Event, EventStream
@@ -79,11 +79,10 @@ class ChatBody(BaseModel):
 async def chat_get(
     request: Request,
     user: CurrentUser,
-    rate: RateLimited,
     message: Annotated[str, Path(min_length=1)],
 ) -> EventStream:
     """Stream a reply to the message in the path."""
-    return await _respond(request, user, rate, _checked(request, message))
+    return await _respond(request, user, _checked(request, message))
 
 
 @router.post(
@@ -98,11 +97,11 @@ async def chat_get(
         }
     },
 )
-async def chat_post(request: Request, user: CurrentUser, rate: RateLimited) -> EventStream:
+async def chat_post(request: Request, user: CurrentUser) -> EventStream:
     """Stream a reply to `{"message": ...}`."""
     body = await _json_body(request)
     message = _checked(request, body.message)
-    return await _respond(request, user, rate, message, body.conversation_id)
+    return await _respond(request, user, message, body.conversation_id)
 
 
 async def _json_body(request: Request) -> ChatBody:
@@ -132,17 +131,13 @@ def _checked(request: Request, message: str) -> str:
 async def _respond(
     request: Request,
     user: Principal,
-    rate: RateResult,
     message: str,
     conversation_id: str | None = None,
 ) -> EventStream:
-    """Take a stream slot and look the reply up in the cache: independent Redis round
-    trips, so they overlap; then stream."""
+    """Admit the request (rate, slot, cache), then stream."""
     state = request.app.state
     backend: Backend = state.backend
     cache: ResponseCache = state.cache
-    slots: StreamSlots = state.stream_slots
-    timing = request.state.timing
 
     # History makes a reply particular to its conversation: those never touch the cache.
     key = None
@@ -152,32 +147,7 @@ async def _respond(
         bypass = "no-cache" in request.headers.get("cache-control", "").lower()
         request.state.cache = "BYPASS" if bypass else "MISS"
 
-    async def slot() -> str | None:
-        started = time.perf_counter()
-        try:
-            return await slots.acquire(user.sub)
-        finally:
-            timing.limits += (time.perf_counter() - started) * 1000
-
-    async def lookup() -> tuple[list[Event] | None, bool]:
-        if key is None or request.state.cache == "BYPASS":
-            return None, key is not None
-        started = time.perf_counter()
-        try:
-            return await cache.lookup(key)
-        finally:
-            timing.cache = (time.perf_counter() - started) * 1000
-
-    if state.store is None:  # in memory each step is instant: no tasks to overlap them
-        slot_id, (cached, leading) = await slot(), await lookup()
-    else:
-        slot_id, (cached, leading) = await asyncio.gather(slot(), lookup())
-
-    if slot_id is None:
-        if leading and request.state.cache == "MISS":
-            cache.finish(key, None, leading=True)  # type: ignore[arg-type]
-        metrics.rate_limited.labels("streams").inc()
-        raise TooManyRequests("too many open streams", STREAMS_RETRY_AFTER, rate.headers())
+    rate, slot_id, cached, leading = await _admit(request, user, key)
     if request.state.cache != "OFF" and request.state.cache != "BYPASS":
         request.state.cache = "HIT" if cached is not None else "MISS"
         metrics.cache_requests.labels("hit" if cached is not None else "miss").inc()
@@ -186,8 +156,56 @@ async def _respond(
             request, user, rate, message, conversation_id, slot_id, key, cached, leading
         )
     except BaseException:
-        await slots.release(slot_id)  # nothing will stream: hand the slot back now
+        await state.stream_slots.release(slot_id)  # nothing will stream: hand the slot back
         raise
+
+
+async def _admit(
+    request: Request, user: Principal, key: str | None
+) -> tuple[RateResult, str, list[Event] | None, bool]:
+    """The rate check, a stream slot and the cache look-up. With Redis the three go in one
+    round trip (pipelining.py), and a request over its rate hands back what it took; the
+    rate budget is spent either way, as it would be checked first. Returns the rate, the
+    slot, and the cache's answer: the stored events, or None and whether to lead."""
+    state = request.app.state
+    limits: RateLimits = state.rate_limits
+    slots: StreamSlots = state.stream_slots
+    cache: ResponseCache = state.cache
+    single_flight = request.state.cache == "MISS"
+    started = time.perf_counter()
+
+    async def lookup() -> tuple[list[Event] | None, bool]:
+        if key is None or not single_flight:
+            return None, key is not None
+        return await cache.lookup(key)
+
+    rate_key = f"user:{user.sub}"
+    slot_id: str | None = None
+    cached: list[Event] | None = None
+    leading = False
+    if state.store is None:  # in memory each step is instant: nothing to overlap or undo
+        rate = await limits.hit(rate_key)
+        if rate.allowed:
+            slot_id = await slots.acquire(user.sub)
+            cached, leading = await lookup() if slot_id is not None else (None, False)
+    else:
+        rate, slot_id, (cached, leading) = await asyncio.gather(
+            limits.hit(rate_key), slots.acquire(user.sub), lookup()
+        )
+    timing = request.state.timing
+    timing.limits = timing.cache = (time.perf_counter() - started) * 1000  # one wait
+
+    if not rate.allowed or slot_id is None:
+        if leading and single_flight:
+            cache.finish(key, None, leading=True)  # type: ignore[arg-type]
+        if slot_id is not None:
+            await slots.release(slot_id)  # in the lock's batch: both are gone when this is
+        if not rate.allowed:
+            metrics.rate_limited.labels("rate").inc()
+            raise TooManyRequests("rate limit reached", rate.reset_seconds, rate.headers())
+        metrics.rate_limited.labels("streams").inc()
+        raise TooManyRequests("too many open streams", STREAMS_RETRY_AFTER, rate.headers())
+    return rate, slot_id, cached, leading
 
 
 async def _stream(

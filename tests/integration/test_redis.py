@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis as sync_redis
 
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import Service, running_service
@@ -64,6 +65,23 @@ def test_rate_limit_is_counted_across_workers_and_per_user(redis: RedisServer) -
             posted = http.post("/chat", json={"message": "hi"}, headers=alice)
         assert posted.status_code == 429
         assert _metric(svc, "chat_rate_limited_total", '{limit="rate"}') >= 8
+
+
+def test_a_request_over_its_rate_keeps_no_slot_and_no_cache_lock(redis: RedisServer) -> None:
+    # The rate check, the slot and the cache look-up share one round trip, so a refused
+    # request has taken a slot and a single-flight lock by the time it knows: it must hand
+    # both back before it answers.
+    env = {"CHAT_REDIS_URL": redis.url, "CHAT_RATE_LIMIT": "1/minute"}
+    store = sync_redis.Redis.from_url(redis.url)
+    with running_service(env, workers=2) as svc:
+        carol = bearer(make_token(sub="carol"))
+        assert _fresh_get(svc, "/chat/first", headers=carol).names[-1] == "done"
+        refused = [_fresh_get(svc, f"/chat/second {n}", headers=carol) for n in range(6)]
+        assert [r.status for r in refused] == [429] * 6
+        assert store.zcard("chat:streams:carol") == 0
+        assert list(store.scan_iter("chat:cache:*:lock")) == []
+        # The one that streamed was stored; none of the refused ones left anything.
+        assert len(list(store.scan_iter("chat:cache:*"))) == 1
 
 
 def _open(http: httpx.Client, path: str, token: str) -> tuple[httpx.Response, Iterator[bytes]]:
