@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from limits import parse
 from limits.aio.storage import MemoryStorage, RedisStorage
@@ -164,16 +165,18 @@ class StreamSlots:
         self._held[slot] = user
         return slot
 
-    async def release(self, slot: str) -> None:
+    def release(self, slot: str, urgent: bool = False) -> asyncio.Future[Any] | None:
+        """Hand a slot back. Nobody needs to wait for that, so with Redis the ZREM goes in
+        a later batch (pipelining.py), unless `urgent`; the future says when it is done."""
         user = self._held.pop(slot, None)
         if user is None:
-            return
+            return None
         if self.store is None:
             self._local[user] -= 1
             if self._local[user] <= 0:
                 del self._local[user]
-            return
-        await self.store.execute("stream_slot", "ZREM", self._key(user), slot, fallback=0)
+            return None
+        return self.store.send("stream_slot", ("ZREM", self._key(user), slot), urgent=urgent)
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

@@ -27,6 +27,7 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import ResponseError
 
 Command = tuple[Any, ...]
+DEFER_SECONDS = 0.002
 
 
 class AutoPipeline:
@@ -39,21 +40,32 @@ class AutoPipeline:
         self._idle: list[AbstractConnection] = []
         self._opened: list[AbstractConnection] = []
         self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
-        self._flush_scheduled = False
+        self._flush_soon = False
+        self._flush_later: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
 
-    def execute(self, *command: Any) -> asyncio.Future[Any]:
-        """Queue one command; its future resolves to the raw reply (bytes, int, list)."""
+    def execute(self, *command: Any, urgent: bool = True) -> asyncio.Future[Any]:
+        """Queue one command; its future resolves to the raw reply (bytes, int, list).
+
+        An urgent command goes when this turn of the loop ends. One that nobody waits on
+        (a stream's cache write and slot release) may wait up to `DEFER_SECONDS` for the
+        next urgent one, usually the next request's admission, and share its round trip."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((command, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        if urgent:
+            if not self._flush_soon:
+                self._flush_soon = True
+                loop.call_soon(self._flush)
+        elif not self._flush_soon and self._flush_later is None:
+            self._flush_later = loop.call_later(DEFER_SECONDS, self._flush)
         return future
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._flush_soon = False
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
         if not self._queue:
             return
         if self._idle:
@@ -106,8 +118,9 @@ class AutoPipeline:
                 raise
 
     async def aclose(self) -> None:
-        for task in list(self._running):
-            task.cancel()
+        """Send what is queued, let the exchanges in flight end (each within `timeout`),
+        then close the connections."""
+        self._flush()
         await asyncio.gather(*self._running, return_exceptions=True)
         for connection in self._opened:
             await connection.disconnect()

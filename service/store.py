@@ -118,16 +118,19 @@ class Store:
         except NoScriptError:
             return await self.pipeline.execute("EVAL", script.source, len(keys), *keys, *args)
 
-    def send(self, op: str, *commands: tuple[Any, ...]) -> asyncio.Future[Any] | None:
-        """Commands nobody waits for, batched like `execute`; a failure is counted and
-        logged as usual. Returns the last one's future, which is done when all are (they go
-        in one batch, answered in order), or None while Redis is paused."""
+    def send(
+        self, op: str, *commands: tuple[Any, ...], urgent: bool = False
+    ) -> asyncio.Future[Any] | None:
+        """Commands nobody has to wait for, batched like `execute` but, unless `urgent`,
+        free to wait a moment for the next batch; a failure is counted and logged as usual.
+        Returns the last one's future, which is done when all are (they go in one batch,
+        answered in order), or None while Redis is paused."""
         if not self.available:
             metrics.redis_errors.labels(op).inc()
             return None
         future = None
         for command in commands:
-            future = self.pipeline.execute(*command)
+            future = self.pipeline.execute(*command, urgent=urgent)
             future.add_done_callback(lambda done: self._sent(op, done))
         return future
 

@@ -156,7 +156,7 @@ async def _respond(
             request, user, rate, message, conversation_id, slot_id, key, cached, leading
         )
     except BaseException:
-        await state.stream_slots.release(slot_id)  # nothing will stream: hand the slot back
+        state.stream_slots.release(slot_id)  # nothing will stream: hand the slot back
         raise
 
 
@@ -199,7 +199,10 @@ async def _admit(
         if leading and single_flight:
             cache.finish(key, None, leading=True)  # type: ignore[arg-type]
         if slot_id is not None:
-            await slots.release(slot_id)  # in the lock's batch: both are gone when this is
+            # Both go in this batch, so both are gone when the client hears it is refused.
+            released = slots.release(slot_id, urgent=True)
+            if released is not None:
+                await asyncio.wait([released])
         if not rate.allowed:
             metrics.rate_limited.labels("rate").inc()
             raise TooManyRequests("rate limit reached", rate.reset_seconds, rate.headers())
@@ -340,7 +343,7 @@ def _closed(drain: Drain, slots: StreamSlots, slot: str, started: float) -> Any:
             metrics.time_to_first_token.observe(stats.first_content_at - started)
         for name, count in stats.counts.items():
             metrics.stream_events.labels(name).inc(count)
-        await slots.release(slot)
+        slots.release(slot)
 
     return closed
 

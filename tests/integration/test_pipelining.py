@@ -112,3 +112,26 @@ def test_a_restarted_redis_is_used_again_on_the_same_connections(redis: RedisSer
     assert before == 1
     assert during == "fell back"  # the batch on the old socket failed, bounded
     assert after == 1  # a fresh server (nothing saved) on a reconnected socket
+
+
+def test_a_command_nobody_waits_for_goes_with_the_next_urgent_one(redis: RedisServer) -> None:
+    async def body(store: Store) -> tuple[Any, Any]:
+        pipeline = store.pipeline
+        pipeline.execute("RPUSH", "list", "deferred", urgent=False)
+        # Had the deferred command waited for its own timer, this would find the list empty.
+        together = await pipeline.execute("LRANGE", "list", 0, -1)
+        # Alone, it still goes within moments.
+        alone = await pipeline.execute("RPUSH", "list", "alone", urgent=False)
+        return together, alone
+
+    together, alone = _with_store(redis.url, body)
+    assert together == [b"deferred"]
+    assert alone == 2
+
+
+def test_closing_the_store_sends_what_is_still_queued(redis: RedisServer) -> None:
+    async def body(store: Store) -> None:
+        store.send("test", ("SET", "last words", "kept"))
+
+    _with_store(redis.url, body)
+    assert sync_redis.Redis.from_url(redis.url).get("last words") == b"kept"
