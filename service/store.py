@@ -6,6 +6,11 @@ Redis for a short pause so that while it is down each request pays nothing, not 
 Callers give the value to fall back to: limits fail open, the cache is skipped. Each
 failure and each skip is counted in `chat_redis_errors_total{op}`; the log says when Redis
 goes away and when it is back, not once per request.
+
+The commands of a stream's life (rate check, slot, cache look-up; cache write, slot
+release) go through `execute`, `run_script` and `send`, which batch whatever one turn of
+the event loop issues into one round trip (pipelining.py). The rest (history, lease
+renewal, /readyz) use redis-py's client directly, inside `call`.
 """
 
 from __future__ import annotations
