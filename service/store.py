@@ -54,7 +54,7 @@ class Script:
 
     def __init__(self, source: str | bytes) -> None:
         self.source = source.encode() if isinstance(source, str) else source
-        self.sha = hashlib.sha1(self.source).hexdigest()  # noqa: S324 - Redis's own naming
+        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest()  # Redis names it so
 
 
 class Store:
