@@ -252,7 +252,7 @@ def main() -> None:
     try:
         with running_redis() as redis:
             # The service once more without Redis, at concurrency 1: what Redis adds to a
-            # request's latency (its round trips overlap; see routes/chat.py).
+            # request's latency (one round trip admits a request; see routes/chat.py).
             with server("service", 0.0, None) as (port, _):
                 run_load(port, 10, 1.0, tokens.name)
                 results["service_memory"] = {
