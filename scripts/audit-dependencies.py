@@ -48,15 +48,20 @@ def canonical(name: str) -> str:
 
 
 def runtime_closure(root: str = PROJECT) -> dict[str, str]:
-    """Installed name -> version for `root`'s requirements, recursively, without extras."""
+    """Installed name -> version for `root`'s requirements, recursively, with the extras
+    they ask for (python-jose[cryptography] brings cryptography), but not `root`'s own
+    extras (dev tools)."""
     found: dict[str, str] = {}
-    pending = [root]
+    pending: list[tuple[str, frozenset[str]]] = [(root, frozenset())]
     while pending:
-        name = pending.pop()
+        name, extras = pending.pop()
         for line in metadata.requires(name) or []:
             requirement = Requirement(line)
-            if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-                continue  # an extra's requirement, or not for this platform
+            marker = requirement.marker
+            if marker is not None and not any(
+                marker.evaluate({"extra": extra}) for extra in {"", *extras}
+            ):
+                continue  # another extra's requirement, or not for this platform
             key = canonical(requirement.name)
             if key in found:
                 continue
@@ -64,7 +69,7 @@ def runtime_closure(root: str = PROJECT) -> dict[str, str]:
                 found[key] = metadata.version(requirement.name)
             except metadata.PackageNotFoundError:
                 continue  # optional and not installed
-            pending.append(requirement.name)
+            pending.append((requirement.name, frozenset(requirement.extras)))
     return found
 
 

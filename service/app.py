@@ -72,7 +72,8 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         # What exists now (modules, the app, its routes and resources) lives as long as the
         # worker: move it out of the collector's sight, so that full collections, which
         # otherwise walk all of it a few times a second under load, see only requests'
-        # objects: 7% less CPU per stream, measured.
+        # objects: 7% less CPU per stream, measured. Start-up's garbage goes first.
+        gc.collect()
         gc.freeze()
         try:
             yield

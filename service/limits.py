@@ -71,9 +71,25 @@ class RateLimits:
         # When each user's current window ends, as last read from the storage: the window
         # is fixed, so while it lasts the increment alone is the whole check.
         self._window_ends: dict[str, float] = {}
+        # Users this worker has seen over the limit, until their window ends: a count only
+        # grows within a window, so they are refused without asking Redis, and a flood of
+        # refused requests costs Redis nothing.
+        self._exhausted: dict[str, float] = {}
         self.storage: RedisStorage | MemoryStorage = (
             BatchedRedisStorage(store) if store is not None else MemoryStorage()
         )
+
+    def known_refusal(self, key: str) -> RateResult | None:
+        """The answer for a user already over the limit in this window, or None."""
+        storage_key = self.item.key_for(key)
+        until = self._exhausted.get(storage_key)
+        if until is None:
+            return None
+        left = until - time.time()
+        if left <= 0:
+            del self._exhausted[storage_key]
+            return None
+        return RateResult(False, self.item.amount, 0, max(1, math.ceil(left)))
 
     async def hit(self, key: str) -> RateResult:
         """Spend one from `key`'s budget. Fails open when Redis is away."""
@@ -104,6 +120,10 @@ class RateLimits:
                 self._window_ends.clear()
             self._window_ends[storage_key] = reset_at
         allowed = count <= item.amount
+        if not allowed and count:
+            if len(self._exhausted) > WINDOW_CACHE_SIZE:
+                self._exhausted.clear()
+            self._exhausted[storage_key] = reset_at
         reset = max(0 if allowed else 1, math.ceil(reset_at - time.time()))
         return RateResult(allowed, item.amount, max(0, item.amount - count), reset)
 

@@ -10,24 +10,29 @@ slot release share another, and under load the commands of many streams share ea
 
 Replies come back in order, so each command's future gets its own reply; an error reply
 (a `ResponseError`) fails only its own command. A connection that fails (refused, reset,
-or silent past `timeout` for its whole exchange) fails every command of its batch and
-reconnects on its next use. The connections are redis-py's own, built from the pool's
-settings, and kept here: `max_connections` of them at most; when all are busy, commands
-wait for the first to come back and then go with it. Commands are packed by hiredis, in C.
+or silent past `timeout` for its whole exchange) fails every command of its batch with a
+`ConnectionError` and reconnects on its next use; one the other end closed while it sat
+idle (a Redis restart, an idle timeout) reconnects before it is used. The connections are
+redis-py's own, built from the pool's settings, and kept here: `max_connections` of them
+at most; when all are busy, commands wait for the first to come back and then go with it,
+less those whose callers gave up meanwhile. Commands are packed by hiredis, in C, when
+they are queued, so a bad argument fails only its own caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from typing import Any
 
 from hiredis import pack_command
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError, ResponseError
 
-Command = tuple[Any, ...]
 DEFER_SECONDS = 0.002
+
+Pending = tuple[bytes, asyncio.Future[Any]]
 
 
 class AutoPipeline:
@@ -39,10 +44,11 @@ class AutoPipeline:
         self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._idle: list[AbstractConnection] = []
         self._opened: list[AbstractConnection] = []
-        self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
+        self._queue: list[Pending] = []
         self._flush_soon = False
         self._flush_later: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def execute(self, *command: Any, urgent: bool = True) -> asyncio.Future[Any]:
         """Queue one command; its future resolves to the raw reply (bytes, int, list).
@@ -50,9 +56,12 @@ class AutoPipeline:
         An urgent command goes when this turn of the loop ends. One that nobody waits on
         (a stream's cache write and slot release) may wait up to `DEFER_SECONDS` for the
         next urgent one, usually the next request's admission, and share its round trip."""
+        if self._closed:
+            raise ConnectionError("the Redis pipeline is closed")
+        packed = pack_command(command)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((command, future))
+        self._queue.append((packed, future))
         if urgent:
             if not self._flush_soon:
                 self._flush_soon = True
@@ -83,17 +92,21 @@ class AutoPipeline:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                await self._exchange(connection, batch)
+                # A caller that timed out while its command waited for a connection has
+                # given up on it: it must not take a slot or a lock nobody will release.
+                batch = [pending for pending in batch if not pending[1].cancelled()]
+                if batch:
+                    await self._exchange(connection, batch)
         finally:
             self._idle.append(connection)
 
-    async def _exchange(
-        self, connection: AbstractConnection, batch: list[tuple[Command, asyncio.Future[Any]]]
-    ) -> None:
+    async def _exchange(self, connection: AbstractConnection, batch: list[Pending]) -> None:
         try:
+            if _closed_by_peer(connection):
+                await connection.disconnect(nowait=True)  # the write below reconnects
             async with asyncio.timeout(self.timeout):
                 await connection.send_packed_command(
-                    b"".join([pack_command(command) for command, _ in batch]), check_health=False
+                    b"".join([packed for packed, _ in batch]), check_health=False
                 )
                 for _, future in batch:
                     try:
@@ -104,23 +117,31 @@ class AutoPipeline:
                         continue
                     if not future.done():  # a caller that timed out has cancelled it
                         future.set_result(reply)
-        except BaseException as exc:
-            await connection.disconnect()
-            cancelled = isinstance(exc, asyncio.CancelledError)
+        except (Exception, asyncio.CancelledError) as exc:
+            # Replies may still be on their way: this connection can never be trusted to
+            # pair the next reply with the next command again.
+            failure = ConnectionError(f"Redis exchange failed: {type(exc).__name__}")
             for _, future in batch:
-                if future.done():
-                    continue
-                if cancelled:
-                    future.cancel()
-                else:
-                    future.set_exception(exc)
-            if cancelled:
+                if not future.done():
+                    future.set_exception(failure)
+            with contextlib.suppress(Exception):  # it is being dropped either way
+                await connection.disconnect(nowait=True)
+            if isinstance(exc, asyncio.CancelledError):
                 raise
 
     async def aclose(self) -> None:
         """Send what is queued, let the exchanges in flight end (each within `timeout`),
-        then close the connections."""
+        then close the connections; commands queued after this fail at once."""
         self._flush()
+        self._closed = True
         await asyncio.gather(*self._running, return_exceptions=True)
         for connection in self._opened:
-            await connection.disconnect()
+            with contextlib.suppress(Exception):  # closing anyway
+                await connection.disconnect(nowait=True)
+
+
+def _closed_by_peer(connection: AbstractConnection) -> bool:
+    """Whether the other end closed this connection while it sat idle (redis-py's pool
+    checks the same before handing one out)."""
+    reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
+    return reader is not None and (reader.at_eof() or reader.exception() is not None)

@@ -135,7 +135,11 @@ class Store:
             return None
         future = None
         for command in commands:
-            future = self.pipeline.execute(*command, urgent=urgent)
+            try:
+                future = self.pipeline.execute(*command, urgent=urgent)
+            except Exception as exc:  # closed, or an argument Redis cannot take
+                self._failed(op, exc)
+                return None
             future.add_done_callback(lambda done: self._sent(op, done))
         return future
 

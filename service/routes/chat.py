@@ -183,7 +183,10 @@ async def _admit(
     slot_id: str | None = None
     cached: list[Event] | None = None
     leading = False
-    if state.store is None:  # in memory each step is instant: nothing to overlap or undo
+    known = limits.known_refusal(rate_key)
+    if known is not None:
+        rate = known
+    elif state.store is None:  # in memory each step is instant: nothing to overlap or undo
         rate = await limits.hit(rate_key)
         if rate.allowed:
             slot_id = await slots.acquire(user.sub)
@@ -202,7 +205,7 @@ async def _admit(
             # Both go in this batch, so both are gone when the client hears it is refused.
             released = slots.release(slot_id, urgent=True)
             if released is not None:
-                await asyncio.wait([released])
+                await asyncio.wait([released], timeout=state.store.timeout)
         if not rate.allowed:
             metrics.rate_limited.labels("rate").inc()
             raise TooManyRequests("rate limit reached", rate.reset_seconds, rate.headers())

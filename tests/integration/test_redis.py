@@ -82,6 +82,11 @@ def test_a_request_over_its_rate_keeps_no_slot_and_no_cache_lock(redis: RedisSer
         assert list(store.scan_iter("chat:cache:*:lock")) == []
         # The one that streamed was stored; none of the refused ones left anything.
         assert len(list(store.scan_iter("chat:cache:*"))) == 1
+        # Once a worker has seen carol over her limit, it refuses her without asking Redis
+        # until the window ends: the count holds the first request plus one per worker.
+        [rate_key] = store.scan_iter("chat:rate*carol*")
+        assert 2 <= int(store.get(rate_key) or 0) <= 3
+        assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in refused)
 
 
 def _open(http: httpx.Client, path: str, token: str) -> tuple[httpx.Response, Iterator[bytes]]:
