@@ -100,9 +100,7 @@ class Store:
         except Exception as exc:
             self._failed(op, exc)
             return fallback
-        if self._down:
-            self._down = False
-            log.info("redis is back")
+        self._succeeded()
         return result
 
     async def execute(self, op: str, *command: Any, fallback: T) -> Any:
@@ -149,7 +147,11 @@ class Store:
         exc = future.exception()
         if exc is not None:
             self._failed(op, exc)
-        elif self._down:
+        else:
+            self._succeeded()
+
+    def _succeeded(self) -> None:
+        if self._down:
             self._down = False
             log.info("redis is back")
 
@@ -168,10 +170,8 @@ class Store:
         except Exception as exc:
             self._failed("ping", exc)
             return False
-        if self._down:
-            self._down = False
-            self._down_until = 0.0
-            log.info("redis is back")
+        self._down_until = 0.0
+        self._succeeded()
         return True
 
     async def aclose(self) -> None:
