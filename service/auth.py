@@ -11,29 +11,46 @@ type is inferred from the key rather than fixed by the deployment). So:
   understand must be refused, so we refuse every extension);
 - `exp` and a non-empty string `sub` are required; `aud` and `iss` when configured;
   clock leeway is capped at 30 s by the settings;
-- tokens longer than `jwt_max_bytes` are refused before they are parsed.
+- tokens longer than `jwt_max_bytes` are refused before they are parsed;
+- each segment must be canonical base64url (RFC 7515 §2: the URL-safe alphabet, no padding,
+  no stray bits): python's decoder skips characters outside the alphabet, so `token + "!!"`
+  would verify as `token` and make endless distinct strings of one token;
+- header and claims must be JSON objects of bounded depth with finite numbers, and every
+  time claim a finite number: `"exp": NaN` compares false with everything, so it would
+  never expire.
 
-No FastAPI here: the dependency in `deps.py` turns AuthError into a 401.
+The signature is checked on the bytes decoded here, through jose's key objects, so that
+jose's own (lenient) parser never sees the token. No FastAPI here: the dependency in
+`deps.py` turns AuthError into a 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
+import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import httpx
 from jose import jwk, jws
 from jose.exceptions import JOSEError
-from jose.utils import base64url_decode
 
 from .config import Settings
 
 ALLOWED_HEADER_KEYS = frozenset({"alg", "typ", "kid"})
+# An unknown `kid` refetches the JWKS at most this often (forged kids cost the provider nothing).
 JWKS_REFETCH_SECONDS = 30.0
+# Keys are refreshed in the background once they are this old, so that a key the provider
+# removed stops being accepted within a few minutes, tokens it signed included.
+JWKS_MAX_AGE_SECONDS = 120.0
+SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+MAX_SAFE_INTEGER = 2**53 - 1
 # Verified tokens, remembered by their exact text (signature included) so that a client
 # reusing its token skips the HMAC/RSA work; time claims are still checked on every use.
 VERIFIED_CACHE_SIZE = 4096
@@ -61,6 +78,8 @@ class Principal:
 class StaticKeys:
     """A shared secret or a PEM public key, parsed once per algorithm."""
 
+    version = 0  # the key never changes while the process runs
+
     def __init__(self, material: str) -> None:
         self._material = material
         self._keys: dict[str, Any] = {}
@@ -74,20 +93,45 @@ class StaticKeys:
                 raise AuthError("algorithm", "token algorithm does not fit the key") from exc
         return key
 
+    async def aclose(self) -> None:
+        return None
+
 
 class JwksKeys:
-    """Keys of an OpenID provider, picked by `kid`; an unknown `kid` refetches, at most
-    once per JWKS_REFETCH_SECONDS so that forged kids cannot make us hammer the provider."""
+    """Keys of an OpenID provider, picked by `kid`.
 
-    def __init__(self, url: str, client: httpx.AsyncClient | None = None) -> None:
+    An unknown `kid` refetches, at most once per JWKS_REFETCH_SECONDS so that forged kids
+    cannot make us hammer the provider. Keys older than JWKS_MAX_AGE_SECONDS are refreshed in
+    the background while the current ones keep serving, so that a key the provider removed
+    stops verifying within a few minutes. `version` changes whenever the key set does, which
+    tells the verifier to forget the tokens it verified with the old set."""
+
+    def __init__(
+        self,
+        url: str,
+        client: httpx.AsyncClient | None = None,
+        max_age: float = JWKS_MAX_AGE_SECONDS,
+    ) -> None:
         self._url = url
         self._client = client or httpx.AsyncClient(timeout=5.0)
+        self.max_age = max_age
+        self.version = 0
         self._jwks: dict[str, dict[str, Any]] = {}
         self._constructed: dict[tuple[str, str], Any] = {}
         self._fetched_at = -JWKS_REFETCH_SECONDS
+        self._loaded_at = -math.inf
         self._lock = asyncio.Lock()
+        self._refreshing: asyncio.Task[None] | None = None
+
+    def refresh_if_stale(self) -> None:
+        """Start a background refresh when the keys are older than `max_age`."""
+        if time.monotonic() - self._loaded_at < self.max_age or not self._jwks:
+            return
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.ensure_future(self._refresh(force=True))
 
     async def key_for(self, alg: str, kid: str | None) -> Any:
+        self.refresh_if_stale()
         jwk_dict = self._find(kid)
         if jwk_dict is None:
             await self._refresh()
@@ -98,12 +142,12 @@ class JwksKeys:
             raise AuthError("unknown_key", "token key id is not known")
         if jwk_dict.get("alg") not in (None, alg):
             raise AuthError("algorithm", "token algorithm does not fit the key")
-        cache_key = (jwk_dict.get("kid", ""), alg)
+        cache_key = (str(jwk_dict.get("kid", "")), alg)
         key = self._constructed.get(cache_key)
         if key is None:
             try:
                 key = self._constructed[cache_key] = jwk.construct(jwk_dict, alg)
-            except JOSEError as exc:
+            except (JOSEError, ValueError, TypeError, KeyError) as exc:
                 raise AuthError("algorithm", "token algorithm does not fit the key") from exc
         return key
 
@@ -113,27 +157,33 @@ class JwksKeys:
         # A token without `kid` is only unambiguous when the provider publishes one key.
         return next(iter(self._jwks.values())) if len(self._jwks) == 1 else None
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, force: bool = False) -> None:
         async with self._lock:
-            if time.monotonic() - self._fetched_at < JWKS_REFETCH_SECONDS:
+            if not force and time.monotonic() - self._fetched_at < JWKS_REFETCH_SECONDS:
                 return
             self._fetched_at = time.monotonic()
             try:
                 response = await self._client.get(self._url)
                 response.raise_for_status()
                 keys = response.json()["keys"]
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                jwks = {
+                    str(k.get("kid", "")): k
+                    for k in keys
+                    if isinstance(k, dict) and k.get("use", "sig") == "sig"
+                }
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
                 if not self._jwks:
                     raise KeysUnavailable(f"JWKS fetch failed: {type(exc).__name__}") from exc
                 return  # keep serving the keys we have
-            self._jwks = {
-                str(k.get("kid", "")): k
-                for k in keys
-                if isinstance(k, dict) and k.get("use", "sig") == "sig"
-            }
-            self._constructed.clear()
+            self._loaded_at = time.monotonic()
+            if jwks != self._jwks:
+                self._jwks = jwks
+                self._constructed.clear()
+                self.version += 1
 
     async def aclose(self) -> None:
+        if self._refreshing is not None:
+            self._refreshing.cancel()
         await self._client.aclose()
 
 
@@ -152,23 +202,30 @@ class TokenVerifier:
             if not material:
                 raise ValueError("no signing key configured")
             self.keys = StaticKeys(material)
-        self._verified: dict[str, Principal] = {}
+        # token -> (principal, the key set's version it was verified with)
+        self._verified: dict[str, tuple[Principal, int]] = {}
 
     async def verify(self, token: str) -> Principal:
         if len(token) > self.max_bytes:
             raise AuthError("oversized", "token is too large")
         known = self._verified.get(token)
         if known is not None:
-            self._check_claims(known.claims)
-            return known
+            principal, version = known
+            if version == self.keys.version:
+                self._check_claims(principal.claims)
+                if isinstance(self.keys, JwksKeys):
+                    self.keys.refresh_if_stale()
+                return principal
+            del self._verified[token]  # the key set changed: verify it against the new one
         principal = await self._verify(token)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
             self._verified.clear()  # simpler than LRU, and a refill costs one verify each
-        self._verified[token] = principal
+        self._verified[token] = (principal, self.keys.version)
         return principal
 
     async def _verify(self, token: str) -> Principal:
-        header = _header(token)
+        header_b64, payload_b64, signature = _segments(token)
+        header = _json_object(_b64decode(header_b64), "header")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise AuthError("algorithm", "token algorithm is not allowed")
@@ -177,32 +234,32 @@ class TokenVerifier:
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):
             raise AuthError("malformed", "token key id is not a string")
+        if not isinstance(header.get("typ", ""), str):
+            raise AuthError("malformed", "token type is not a string")
         key = await self.keys.key_for(alg, kid)
+        signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
         try:
-            payload = jws.verify(token, key, [alg])
-        except JOSEError:
-            raise AuthError("signature", "token signature is invalid") from None
-        try:
-            claims = json.loads(payload)
-        except ValueError:
-            raise AuthError("malformed", "token payload is not JSON") from None
-        if not isinstance(claims, dict):
-            raise AuthError("malformed", "token payload is not a JSON object")
+            valid = key.verify(signing_input, _b64decode(signature))
+        except Exception:  # a key library refusing odd input is a bad signature, not a 500
+            valid = False
+        if not valid:
+            raise AuthError("signature", "token signature is invalid")
+        claims = _json_object(_b64decode(payload_b64), "payload")
         self._check_claims(claims)
         return Principal(sub=claims["sub"], claims=claims)
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         now = time.time()
         exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+        if not _is_time(exp):
             raise AuthError("malformed", "token has no valid exp claim")
         if now > exp + self.leeway:
             raise AuthError("expired", "token has expired")
         nbf = claims.get("nbf")
-        if nbf is not None and (not _is_number(nbf) or now + self.leeway < nbf):
+        if nbf is not None and (not _is_time(nbf) or now + self.leeway < nbf):
             raise AuthError("not_yet_valid", "token is not valid yet")
         iat = claims.get("iat")
-        if iat is not None and (not _is_number(iat) or now + self.leeway < iat):
+        if iat is not None and (not _is_time(iat) or now + self.leeway < iat):
             raise AuthError("not_yet_valid", "token was issued in the future")
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > 256:
@@ -216,25 +273,50 @@ class TokenVerifier:
             raise AuthError("issuer", "token issuer is not accepted")
 
     async def aclose(self) -> None:
-        if isinstance(self.keys, JwksKeys):
-            await self.keys.aclose()
+        await self.keys.aclose()
 
 
-def _header(token: str) -> dict[str, Any]:
+def _segments(token: str) -> tuple[str, str, str]:
     parts = token.split(".")
-    if len(parts) != 3 or not all(parts[:2]):
+    if len(parts) != 3 or not all(SEGMENT.fullmatch(part) for part in parts):
         raise AuthError("malformed", "token is not a JWS compact serialization")
+    return parts[0], parts[1], parts[2]
+
+
+def _b64decode(segment: str) -> bytes:
+    """Canonical base64url only: one string per byte sequence (RFC 4648 §3.5, §5)."""
     try:
-        header = json.loads(base64url_decode(parts[0].encode("ascii")))
-    except (ValueError, UnicodeError):
-        raise AuthError("malformed", "token header is not valid base64url JSON") from None
-    if not isinstance(header, dict):
-        raise AuthError("malformed", "token header is not a JSON object")
-    return header
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise AuthError("malformed", "token is not valid base64url") from None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise AuthError("malformed", "token is not canonical base64url")
+    return raw
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(raw: bytes, part: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeError, RecursionError):
+        # RecursionError: `[[[[...` nested past the interpreter's limit.
+        raise AuthError("malformed", f"token {part} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise AuthError("malformed", f"token {part} is not a JSON object")
+    return value
+
+
+def _is_time(value: object) -> TypeGuard[float]:
+    """A NumericDate (RFC 7519 §2): a finite JSON number in the range a float holds exactly
+    (RFC 8259 §6), so that comparing it with the clock can neither overflow nor be NaN."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= MAX_SAFE_INTEGER
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def issue_token(

@@ -15,9 +15,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SECRET_FIELDS = ("jwt_secret", "jwt_public_key", "redis_url", "openai_api_key")
 HS_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
-)
+# The signature algorithms python-jose implements. PS256/384/512 are not among them: a
+# deployment that allowed them would start, then refuse every token.
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 MIN_PRODUCTION_SECRET_BYTES = 32
 
 
@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = []
     redis_url: str | None = None
     rate_limit: str = "20/minute"
+    ip_rate_limit: str = "60/minute"
+    header_timeout: float = Field(10.0, gt=0, le=300)
+    max_connections: int = Field(4096, ge=1, le=1_000_000)
+    max_header_bytes: int = Field(65536, ge=8192, le=1_048_576)
+    cache_scope: Literal["global", "user"] = "global"
+    max_conversations_per_user: int = Field(100, ge=1, le=100_000)
     max_streams_per_user: int = Field(3, ge=1)
     stream_lease_seconds: float = Field(15.0, ge=1, le=300)
     cache_ttl: int = Field(300, ge=0)
@@ -80,19 +86,36 @@ class Settings(BaseSettings):
         _csv
     )
 
+    @field_validator(
+        "jwt_secret",
+        "jwt_public_key",
+        "jwt_jwks_url",
+        "jwt_audience",
+        "jwt_issuer",
+        "openai_base_url",
+        "openai_api_key",
+        "openai_model",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `CHAT_JWT_SECRET=` in a compose file or a Helm value left blank means "not set".
+        return None if value == "" else value
+
     @field_validator("jwt_algorithms")
     @classmethod
     def _known_family(cls, value: list[str]) -> list[str]:
         algorithms = [a.upper() for a in value]
         unknown = set(algorithms) - HS_ALGORITHMS - ASYMMETRIC_ALGORITHMS
         if unknown or not algorithms:
-            raise ValueError(f"unsupported algorithm(s) {sorted(unknown)}; use e.g. HS256 or RS256")
+            supported = ", ".join(sorted(HS_ALGORITHMS | ASYMMETRIC_ALGORITHMS))
+            raise ValueError(f"unsupported algorithm(s) {sorted(unknown)}; use some of {supported}")
         if set(algorithms) & HS_ALGORITHMS and set(algorithms) - HS_ALGORITHMS:
             # An HS* secret beside RS*/ES* keys is the classic algorithm-confusion hole.
             raise ValueError("mixes HS* with RS*/ES*; allow one algorithm family per deployment")
         return algorithms
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "ip_rate_limit")
     @classmethod
     def _rate_syntax(cls, value: str) -> str:
         from limits import parse
@@ -110,7 +133,7 @@ class Settings(BaseSettings):
             raise ValueError("use a redis://, rediss:// or unix:// URL")
         return value or None
 
-    @field_validator("log_level", "log_format", "env", "backend", mode="before")
+    @field_validator("log_level", "log_format", "env", "backend", "cache_scope", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -171,6 +194,13 @@ def _check_keys(settings: Settings) -> None:
         )
     if settings.jwt_public_key and settings.jwt_jwks_url:
         raise ConfigError("set CHAT_JWT_PUBLIC_KEY or CHAT_JWT_JWKS_URL, not both")
+    if not settings.symmetric and not (settings.jwt_public_key or settings.jwt_jwks_url):
+        # Development mode would make an HS secret that no RS*/ES* token can match.
+        raise ConfigError(
+            f"CHAT_JWT_ALGORITHMS is {','.join(settings.jwt_algorithms)} but nothing can check "
+            "such tokens: set CHAT_JWT_PUBLIC_KEY (or _FILE) or CHAT_JWT_JWKS_URL, "
+            "or use HS256 with CHAT_JWT_SECRET"
+        )
     if settings.backend == "openai" and not (settings.openai_base_url and settings.openai_model):
         raise ConfigError("CHAT_BACKEND=openai needs CHAT_OPENAI_BASE_URL and CHAT_OPENAI_MODEL")
 
@@ -186,6 +216,18 @@ def _check_production(settings: Settings) -> None:
         raise ConfigError(
             f"CHAT_JWT_SECRET is {len(secret.encode())} bytes; production needs at least "
             f"{MIN_PRODUCTION_SECRET_BYTES} random bytes (e.g. `openssl rand -base64 48`)"
+        )
+    if (settings.jwt_public_key or settings.jwt_jwks_url) and not settings.jwt_audience:
+        # A shared identity provider signs tokens for many applications with the same keys;
+        # only the audience says a token was meant for this one.
+        raise ConfigError(
+            "CHAT_ENV=production with a public key or JWKS needs CHAT_JWT_AUDIENCE "
+            "(the audience your identity provider puts in tokens for this service)"
+        )
+    if settings.jwt_jwks_url and not settings.jwt_issuer:
+        raise ConfigError(
+            "CHAT_ENV=production with CHAT_JWT_JWKS_URL needs CHAT_JWT_ISSUER "
+            "(the provider's issuer URL, as in its tokens' iss claim)"
         )
     if "*" in settings.cors_origins:
         raise ConfigError(

@@ -15,6 +15,9 @@ from fastapi import Depends, Request
 from .auth import AuthError, KeysUnavailable, Principal, TokenVerifier
 from .errors import Unauthorized, Unavailable
 from .observability import metrics
+from .observability.logging import get_logger
+
+log = get_logger("service.auth")
 
 
 async def current_user(request: Request) -> Principal:
@@ -44,6 +47,13 @@ async def _verify(request: Request) -> Principal:
     except KeysUnavailable:
         metrics.auth_failures.labels("keys_unavailable").inc()
         raise Unavailable("token keys are unavailable; try again shortly") from None
+    except Exception as exc:
+        # Hostile input must never become a 500: whatever a token made the verifier (or a
+        # key library under it) raise, it is refused. The type says where to look; the
+        # message could quote the token, so it stays out of the log.
+        log.warning("token verification raised", error=type(exc).__name__)
+        metrics.auth_failures.labels("malformed").inc()
+        raise Unauthorized("token is malformed") from None
     request.state.user = principal.sub
     structlog.contextvars.bind_contextvars(user=principal.sub)
     return principal

@@ -17,6 +17,9 @@ from tests.support.service import (
     service_env,
 )
 from tests.support.sse import stream_chat
+from tests.support.tokens import make_es256_keys
+
+PUBLIC_KEY = make_es256_keys()[1]
 
 
 def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -38,8 +41,51 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"CHAT_CORS_ORIGINS": "https://a.example.com,*"}, "CHAT_CORS_ORIGINS"),
         ({"CHAT_JWT_ALGORITHMS": "HS256,RS256"}, "CHAT_JWT_ALGORITHMS"),
         ({"CHAT_PORT": "eighty"}, "CHAT_PORT"),
+        # An algorithm python-jose cannot verify: it started, then refused every token.
+        ({"CHAT_JWT_ALGORITHMS": "PS256"}, "CHAT_JWT_ALGORITHMS"),
+        # A shared identity provider's tokens for other applications would be accepted.
+        (
+            {
+                "CHAT_JWT_SECRET": "",
+                "CHAT_JWT_ALGORITHMS": "ES256",
+                "CHAT_JWT_PUBLIC_KEY": PUBLIC_KEY,
+            },
+            "CHAT_JWT_AUDIENCE",
+        ),
+        (
+            {
+                "CHAT_JWT_SECRET": "",
+                "CHAT_JWT_ALGORITHMS": "RS256",
+                "CHAT_JWT_JWKS_URL": "https://id.example.com/jwks",
+                "CHAT_JWT_AUDIENCE": "chat",
+            },
+            "CHAT_JWT_ISSUER",
+        ),
+        # In development as in production: an asymmetric algorithm with nothing to check it.
+        (
+            {"CHAT_ENV": "development", "CHAT_JWT_SECRET": "", "CHAT_JWT_ALGORITHMS": "RS256"},
+            "CHAT_JWT_ALGORITHMS",
+        ),
+        ({"CHAT_ENV": "development", "CHAT_MAX_CONNECTIONS": "0"}, "CHAT_MAX_CONNECTIONS"),
+        ({"CHAT_ENV": "development", "CHAT_IP_RATE_LIMIT": "lots"}, "CHAT_IP_RATE_LIMIT"),
+        ({"CHAT_ENV": "development", "CHAT_HEADER_TIMEOUT": "-1"}, "CHAT_HEADER_TIMEOUT"),
+        ({"CHAT_ENV": "development", "CHAT_CACHE_SCOPE": "team"}, "CHAT_CACHE_SCOPE"),
     ],
-    ids=["missing-key", "short-secret", "wildcard-cors", "mixed-families", "bad-port"],
+    ids=[
+        "missing-key",
+        "short-secret",
+        "wildcard-cors",
+        "mixed-families",
+        "bad-port",
+        "unimplemented-algorithm",
+        "public-key-without-audience",
+        "jwks-without-issuer",
+        "asymmetric-without-key",
+        "connections-out-of-range",
+        "ip-rate-syntax",
+        "negative-header-timeout",
+        "unknown-cache-scope",
+    ],
 )
 def test_production_refuses_to_start(env: dict[str, str], names: str) -> None:
     result = _serve(env)
@@ -48,6 +94,7 @@ def test_production_refuses_to_start(env: dict[str, str], names: str) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines() if line]
     refusal = next(line for line in lines if line["level"] == "critical")
     assert names in refusal["error"]
+    assert "\n" not in refusal["error"]  # one line
     assert "Traceback" not in result.stdout + result.stderr
 
 

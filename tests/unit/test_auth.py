@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jose import jwk, jwt
 
-from service.auth import AuthError, KeysUnavailable, TokenVerifier, issue_token
+from service.auth import AuthError, JwksKeys, KeysUnavailable, TokenVerifier, issue_token
 from service.config import Settings
 from tests.support.tokens import SECRET, make_token
 
@@ -153,6 +153,65 @@ def test_jwks_keys_are_picked_by_kid_cached_and_refetched_for_new_kids(
                 await verifier.verify(_with_kid(provider.token("two"), kid))
             assert caught.value.reason == "unknown_key"
         assert provider.fetches == 3
+        await verifier.aclose()
+
+    asyncio.run(scenario())
+
+
+def _jwks_verifier(provider: Provider) -> tuple[TokenVerifier, JwksKeys]:
+    settings = Settings(jwt_jwks_url=provider.url, jwt_algorithms=["ES256"])  # type: ignore[arg-type]
+    verifier = TokenVerifier(settings)
+    assert isinstance(verifier.keys, JwksKeys)
+    return verifier, verifier.keys
+
+
+def test_a_key_removed_from_the_jwks_stops_verifying_tokens_it_signed(
+    provider: Provider,
+) -> None:
+    """Keys older than their max age are refreshed in the background; a key that is gone
+    from the new set no longer verifies, not even a token it signed that was verified
+    (and remembered) before. Without the age-based refresh the old key stayed trusted
+    until some token named an unknown kid."""
+    provider.add_key("old")
+    provider.add_key("new")
+
+    async def scenario() -> None:
+        verifier, keys = _jwks_verifier(provider)
+        old_token = provider.token("old")
+        assert (await verifier.verify(old_token)).sub == "erin"
+        assert provider.fetches == 1
+
+        del provider.keys["old"]  # the provider rotates the old key out
+        assert (await verifier.verify(old_token)).sub == "erin"  # still fresh: no refetch
+        assert provider.fetches == 1
+
+        keys._loaded_at -= keys.max_age + 1  # as if max_age had passed
+        assert (await verifier.verify(old_token)).sub == "erin"  # answered from the cache...
+        assert keys._refreshing is not None
+        await keys._refreshing  # ...while the refresh runs in the background
+        assert provider.fetches == 2
+        with pytest.raises(AuthError) as caught:
+            await verifier.verify(old_token)
+        assert caught.value.reason == "unknown_key"
+        assert (await verifier.verify(provider.token("new"))).sub == "erin"
+        await verifier.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_unchanged_jwks_keeps_the_verified_tokens(provider: Provider) -> None:
+    provider.add_key("one")
+
+    async def scenario() -> None:
+        verifier, keys = _jwks_verifier(provider)
+        token = provider.token("one")
+        await verifier.verify(token)
+        version = keys.version
+        keys._loaded_at -= keys.max_age + 1
+        await verifier.verify(token)
+        assert keys._refreshing is not None
+        await keys._refreshing
+        assert provider.fetches == 2 and keys.version == version
         await verifier.aclose()
 
     asyncio.run(scenario())
