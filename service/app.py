@@ -62,6 +62,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         state.backend = make_backend(settings)
         state.store = Store(settings.redis_url) if settings.redis_url else None
         state.rate_limits = RateLimits(settings.rate_limit, state.store)
+        state.ip_limits = RateLimits(settings.ip_rate_limit, state.store)
         state.stream_slots = StreamSlots(
             settings.max_streams_per_user, state.store, settings.stream_lease_seconds
         )
@@ -98,6 +99,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.drain = Drain(settings.graceful_timeout)
     app.state.page = pages.load_page()
+    app.state.metrics_collection = metrics.SharedCollection()
     routers = (pages.router, chat.router, conversations.router, health.router, metrics.router)
     for router in routers:
         app.include_router(router)

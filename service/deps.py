@@ -13,7 +13,8 @@ import structlog
 from fastapi import Depends, Request
 
 from .auth import AuthError, KeysUnavailable, Principal, TokenVerifier
-from .errors import Unauthorized, Unavailable
+from .errors import TooManyRequests, Unauthorized, Unavailable
+from .limits import RateLimits
 from .observability import metrics
 from .observability.logging import get_logger
 
@@ -32,17 +33,20 @@ async def _verify(request: Request) -> Principal:
     header = request.headers.get("authorization")
     if header is None:
         metrics.auth_failures.labels("missing").inc()
+        await spend_address_budget(request)
         raise Unauthorized("missing bearer token", error=None)
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         metrics.auth_failures.labels("malformed").inc()
+        await spend_address_budget(request)
         raise Unauthorized("authorization header is not 'Bearer <token>'")
     verifier: TokenVerifier = request.app.state.verifier
     try:
         principal = await verifier.verify(token)
     except AuthError as exc:
         metrics.auth_failures.labels(exc.reason).inc()
+        await spend_address_budget(request)
         raise Unauthorized(exc.description) from None
     except KeysUnavailable:
         metrics.auth_failures.labels("keys_unavailable").inc()
@@ -53,6 +57,7 @@ async def _verify(request: Request) -> Principal:
         # message could quote the token, so it stays out of the log.
         log.warning("token verification raised", error=type(exc).__name__)
         metrics.auth_failures.labels("malformed").inc()
+        await spend_address_budget(request)
         raise Unauthorized("token is malformed") from None
     request.state.user = principal.sub
     structlog.contextvars.bind_contextvars(user=principal.sub)
@@ -60,3 +65,23 @@ async def _verify(request: Request) -> Principal:
 
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+async def spend_address_budget(request: Request) -> None:
+    """Spend one from the client address's budget (CHAT_IP_RATE_LIMIT), which failed
+    authentications and unauthenticated streams share; 429 once it is spent.
+
+    The address is the peer's, or, when the peer is one of CHAT_TRUSTED_PROXIES, the
+    X-Forwarded-For entry that proxy added (uvicorn's proxy headers take the right-most
+    untrusted entry), never one a client wrote itself."""
+    limits: RateLimits = request.app.state.ip_limits
+    client = request.client
+    key = f"ip:{client.host if client is not None else 'unknown'}"
+    rate = limits.known_refusal(key) or await limits.hit(key)
+    if not rate.allowed:
+        metrics.rate_limited.labels("ip").inc()
+        raise TooManyRequests(
+            "too many failed or unauthenticated requests from this address",
+            rate.reset_seconds,
+            rate.headers(),
+        )

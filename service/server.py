@@ -24,7 +24,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger
 from uvicorn_worker import UvicornWorker
 
-from .config import Settings
+from .config import Settings, load_settings
 from .shutdown import notify_shutdown
 
 # Time between the drain ending open streams and gunicorn killing the worker: enough to
@@ -52,7 +52,25 @@ class Worker(UvicornWorker):  # type: ignore[misc]
         # would SIGKILL the worker.
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 2)
 
+    def _guard_connections(self) -> None:
+        # Here, after the fork: the protocol counts refusals in prometheus_client, which
+        # must never be imported in the arbiter (its files are named by the importing pid).
+        from . import connections
+
+        # `serve` validated the settings before gunicorn started; the worker reads the same.
+        settings = load_settings()
+        allowed = connections.configure(
+            settings.header_timeout, settings.max_header_bytes, settings.max_connections
+        )
+        if allowed < settings.max_connections:
+            logging.getLogger("service.server").warning(
+                "CHAT_MAX_CONNECTIONS lowered to fit the open-file limit",
+                extra={"requested": settings.max_connections, "allowed": allowed},
+            )
+        self.config.http = connections.GuardedProtocol
+
     async def _serve(self) -> None:
+        self._guard_connections()
         self.config.app = self.wsgi
         server = _DrainingServer(config=self.config)
         self._install_sigquit_handler()

@@ -65,6 +65,11 @@ backend_streams = Counter(
     "chat_backend_streams", "Generations started on the backend (cache hits excluded).", ["backend"]
 )
 backend_errors = Counter("chat_backend_errors", "Backend failures, by kind.", ["kind"])
+connections_refused = Counter(
+    "chat_connections_refused",
+    "Connections closed before a request: header_timeout, header_size, max_connections.",
+    ["reason"],
+)
 redis_errors = Counter("chat_redis_errors", "Failed Redis operations, by operation.", ["op"])
 build_info = Gauge(
     "chat_build_info", "Always 1; the version is a label.", ["version"], multiprocess_mode="max"

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from ..backends.demo import plain_text
 from ..config import Settings
+from ..deps import spend_address_budget
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # A wheel carries static/ inside the package (pyproject maps it to `service.static`); a
@@ -73,13 +74,15 @@ def load_page() -> bytes:
         200: {
             "description": "The page for browsers; the demo text for everyone else",
             "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
+        },
+        429: {"description": "Too many unauthenticated requests from this address"},
     },
 )
 async def home(request: Request) -> Response:
     """The chat page (Accept: text/html) or the demo text, streamed a character at a time."""
     if wants_html(request.headers.get("accept", "")):
         return HTMLResponse(request.app.state.page, headers=PAGE_HEADERS)
+    await spend_address_budget(request)  # seconds of streaming for anyone who asks
     settings: Settings = request.app.state.settings
     return StreamingResponse(
         plain_text(settings.demo_delay_scale),

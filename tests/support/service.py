@@ -112,6 +112,20 @@ class Service:
         ).stdout
         return {int(pid) for pid in out.split()}
 
+    @contextmanager
+    def served_by(self, pid: int) -> Iterator[None]:
+        """Only worker `pid` accepts connections meanwhile: the others are stopped (SIGSTOP),
+        so they cannot take a connection from the shared listening socket. Keep it short:
+        gunicorn replaces a worker silent for its timeout (30 s)."""
+        others = self.worker_pids() - {pid}
+        for other in others:
+            os.kill(other, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for other in others:
+                os.kill(other, signal.SIGCONT)
+
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -141,6 +155,8 @@ def service_env(overrides: Mapping[str, str] | None = None, port: int = 0) -> di
         CHAT_JWT_SECRET=SECRET,
         CHAT_DEMO_DELAY_SCALE="0",
         CHAT_LOG_LEVEL="info",
+        # Every test client is 127.0.0.1: the per-address limit has tests of its own.
+        CHAT_IP_RATE_LIMIT="1000000/minute",
     )
     env.update(overrides or {})
     return env
