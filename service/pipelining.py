@@ -10,9 +10,10 @@ slot release share another, and under load the commands of many streams share ea
 
 Replies come back in order, so each command's future gets its own reply; an error reply
 (a `ResponseError`) fails only its own command. A connection that fails (refused, reset,
-or silent past `timeout` for its whole exchange) fails every command of its batch with a
-`ConnectionError` and reconnects on its next use; one the other end closed while it sat
-idle (a Redis restart, an idle timeout) reconnects before it is used. The connections are
+silent past `timeout` for its whole exchange, or `abandon`ed by the Store once its probe
+finds Redis gone) fails every command of its batch with a `ConnectionError` and reconnects
+on its next use; one the other end closed while it sat idle (a Redis restart, an idle
+timeout) reconnects before it is used. The connections are
 redis-py's own, built from the pool's settings, and kept here: `max_connections` of them
 at most; when all are busy, commands wait for the first to come back and then go with it,
 less those whose callers gave up meanwhile. Commands are packed by hiredis, in C, when
@@ -128,6 +129,12 @@ class AutoPipeline:
                 await connection.disconnect(nowait=True)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+
+    def abandon(self) -> None:
+        """Give up on every exchange under way (Redis is gone): their commands fail now
+        instead of when `timeout` runs out, and their connections are dropped."""
+        for task in list(self._running):
+            task.cancel()
 
     async def aclose(self) -> None:
         """Send what is queued, let the exchanges in flight end (each within `timeout`),

@@ -1,30 +1,47 @@
-"""Redis: one client per worker, and the rule for what happens when Redis is away.
+"""Redis: one client per worker, and the rule for when Redis counts as down.
 
-Every call goes through `Store.call()`, which bounds it with a timeout (a stopped Redis that
-accepts connections and never answers must not hang a request) and, after a failure, skips
-Redis for a short pause so that while it is down each request pays nothing, not a timeout.
-Callers give the value to fall back to: limits fail open, the cache is skipped. Each
-failure and each skip is counted in `chat_redis_errors_total{op}`; the log says when Redis
-goes away and when it is back, not once per request.
+Every call goes through `Store.call()`, which returns the caller's fallback when Redis is
+down: limits fail open, the cache is skipped. Down means unreachable, decided by what
+Redis itself does, never by how busy this worker is:
+
+- A command whose connection the server closed (a Redis restart, an idle timeout) is sent
+  once more on a new connection. Only when that fails too (refused, reset) is Redis down.
+- A command with no answer after REDIS_TIMEOUT_SECONDS asks the `Probe`: a PING on a
+  connection of its own, in a thread of its own, so that an event loop too busy to read
+  its replies (a burst of requests on a full CPU) does not make a healthy Redis look dead.
+  If Redis answers the probe, the command is waited for (up to REDIS_GIVE_UP_SECONDS, then
+  that one call fails open alone); if it does not, Redis is down, and every exchange still
+  waiting on it is abandoned at once.
+- While Redis is down, calls fail open without waiting, except one at a time, which tries
+  Redis for real: the first request after Redis is back finds it back, and from then on
+  every request is enforced again. `/readyz` asks the probe directly.
+
+Each failure and each skip is counted in `chat_redis_errors_total{op}`; the log says when
+Redis goes away and when it is back, not once per request.
 
 The commands of a stream's life (rate check, slot, cache look-up; cache write, slot
 release) go through `execute`, `run_script` and `send`, which batch whatever one turn of
 the event loop issues into one round trip (pipelining.py). The rest (history, lease
-renewal, /readyz) use redis-py's client directly, inside `call`.
+renewal) use redis-py's client directly, inside `call`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError
+from redis.retry import Retry as SyncRetry
 
 from .observability import metrics
 from .observability.logging import get_logger
@@ -33,19 +50,60 @@ from .pipelining import AutoPipeline
 T = TypeVar("T")
 log = get_logger("service.store")
 
-# Loopback Redis answers in well under a millisecond; this bounds the worst case a hung
-# Redis can add to one request (measured figures in the README). It is wall time, so it
-# also covers a burst that keeps this worker's event loop busy before it reads the reply:
-# 0.25 s tripped under 200 simultaneous requests on one worker, switching limits off.
-REDIS_TIMEOUT_SECONDS = 0.5
-# After a failure, how long requests skip Redis before one of them tries it again.
-REDIS_RETRY_SECONDS = 1.0
+# How long a command may go unanswered before the probe is asked whether Redis is there,
+# and how long the probe's PING may take. Redis answers in well under a millisecond on a
+# LAN; the two together bound what a dead Redis adds to one request before it fails open.
+# Neither decides alone: a slow answer on a busy worker only asks the probe.
+REDIS_TIMEOUT_SECONDS = 0.25
+# A command Redis is reachable for but has not answered after this long fails open alone.
+REDIS_GIVE_UP_SECONDS = 5.0
 # Per worker. A check holds a connection for well under a millisecond, so this many serve
 # thousands of requests a second; beyond it, calls queue for a free one.
 REDIS_MAX_CONNECTIONS = 64
 # Per worker, for the hot path's batched commands (see pipelining.py): each carries one
 # loop turn's commands for one round trip, so a few are plenty even under heavy load.
 PIPELINE_CONNECTIONS = 8
+
+
+class Unreachable(Exception):
+    """Redis refused, reset, or did not answer the probe."""
+
+
+class Probe:
+    """Is Redis there? A PING on a connection of its own, run in a thread of its own: the
+    answer is read as soon as it arrives, however long this worker's event loop takes to
+    get round to its own sockets. Concurrent askers share one PING."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=SyncRetry(NoBackoff(), 1),  # a connection a restart broke: once more
+            health_check_interval=0,
+        )
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="redis-probe")
+        self._running: asyncio.Future[bool] | None = None
+
+    async def reachable(self) -> bool:
+        if self._running is None:
+            loop = asyncio.get_running_loop()
+            self._running = loop.run_in_executor(self._thread, self._ping)
+            self._running.add_done_callback(self._finished)
+        return await asyncio.shield(self._running)
+
+    def _finished(self, _: asyncio.Future[bool]) -> None:
+        self._running = None
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except (RedisError, OSError):
+            return False
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
 
 
 class Script:
@@ -62,46 +120,90 @@ class Store:
         self,
         url: str,
         timeout: float = REDIS_TIMEOUT_SECONDS,
-        retry_after: float = REDIS_RETRY_SECONDS,
+        give_up: float = REDIS_GIVE_UP_SECONDS,
         max_connections: int = REDIS_MAX_CONNECTIONS,
     ) -> None:
         self.timeout = timeout
-        self.retry_after = retry_after
-        # A blocking pool: past `max_connections` a call waits (within the timeout) for a
-        # free connection. redis-py's default pool raises at once past 100 instead, which
-        # under load reads as "Redis is down" and would switch limits off.
+        self.give_up = give_up
+        # A blocking pool: past `max_connections` a call waits for a free connection.
+        # redis-py's default pool raises at once past 100 instead, which under load would
+        # read as "Redis is down" and switch limits off. Its socket timeout is only a
+        # backstop: the probe decides, within `timeout`, whether Redis is there.
         self.pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
+            timeout=give_up,
+            socket_timeout=give_up,
             socket_connect_timeout=timeout,
-            # Our own timeout and pause decide; redis-py's retries would multiply the wait.
+            # `call` retries a broken connection itself; redis-py's retries would add more.
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self.pool)
-        self.pipeline = AutoPipeline(self.pool, PIPELINE_CONNECTIONS, timeout)
-        self._down_until = 0.0
+        self.pipeline = AutoPipeline(self.pool, PIPELINE_CONNECTIONS, give_up)
+        self.probe = Probe(url, timeout)
         self._down = False
+        self._trying = False  # while down: one call at a time tries Redis for real
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._down_until
+        return not self._down
 
     async def call(self, op: str, action: Callable[[], Awaitable[T]], fallback: T) -> T:
-        """Run `action` against Redis within the timeout, or return `fallback`."""
-        if not self.available:
-            metrics.redis_errors.labels(op).inc()
-            return fallback
+        """Run `action` against Redis, or return `fallback` when Redis is down."""
+        trial = False
+        if self._down:
+            if self._trying:
+                metrics.redis_errors.labels(op).inc()
+                return fallback
+            self._trying = trial = True
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await action()
-        except Exception as exc:
-            self._failed(op, exc)
+            result = await self._answer(action)
+        except Unreachable as exc:
+            self._lost(op, exc.__cause__ or exc)
             return fallback
-        self._succeeded()
+        except (RedisError, OSError, TimeoutError) as exc:
+            # Redis is there, but this command failed (an error reply, or no answer within
+            # `give_up`): this call fails open alone.
+            metrics.redis_errors.labels(op).inc()
+            log.warning("redis command failed", op=op, error=type(exc).__name__)
+            return fallback
+        finally:
+            if trial:
+                self._trying = False
+        self._back()
         return result
+
+    async def _answer(self, action: Callable[[], Awaitable[T]]) -> T:
+        for attempt in (1, 2):
+            task = asyncio.ensure_future(action())
+            try:
+                return await self._wait(task)
+            except (ConnectionError, ConnectionResetError, BrokenPipeError) as exc:
+                if attempt == 2:
+                    raise Unreachable("no connection") from exc
+                # A connection the server closed while it sat idle: once more, on a new one.
+            except asyncio.CancelledError:
+                task.cancel()  # the caller is gone: so is its command
+                raise
+        raise AssertionError("unreachable")
+
+    async def _wait(self, task: asyncio.Future[T]) -> T:
+        deadline = time.monotonic() + self.give_up
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self.timeout)
+            if done:
+                return task.result()
+            # No answer yet: a dead Redis, or a worker too busy to read the reply?
+            if not await self.probe.reachable():
+                task.cancel()
+                self.pipeline.abandon()  # everything else waiting on it waits for nothing
+                raise Unreachable("no answer to the probe")
+            if task.done():
+                return task.result()
+            if time.monotonic() > deadline:
+                task.cancel()
+                raise TimeoutError("redis is reachable but did not answer this command")
 
     async def execute(self, op: str, *command: Any, fallback: T) -> Any:
         """One command, sent with whatever else this turn of the event loop sends; its raw
@@ -125,10 +227,11 @@ class Store:
         self, op: str, *commands: tuple[Any, ...], urgent: bool = False
     ) -> asyncio.Future[Any] | None:
         """Commands nobody has to wait for, batched like `execute` but, unless `urgent`,
-        free to wait a moment for the next batch; a failure is counted and logged as usual.
-        Returns the last one's future, which is done when all are (they go in one batch,
-        answered in order), or None while Redis is paused."""
-        if not self.available:
+        free to wait a moment for the next batch. A batch that fails on a broken connection
+        is sent once more; a failure is counted and logged as usual. Returns the last
+        one's future, which is done when all are (they go in one batch, answered in
+        order), or None while Redis is down."""
+        if self._down:
             metrics.redis_errors.labels(op).inc()
             return None
         future = None
@@ -136,45 +239,52 @@ class Store:
             try:
                 future = self.pipeline.execute(*command, urgent=urgent)
             except Exception as exc:  # closed, or an argument Redis cannot take
-                self._failed(op, exc)
+                metrics.redis_errors.labels(op).inc()
+                log.warning("redis command not sent", op=op, error=type(exc).__name__)
                 return None
-            future.add_done_callback(lambda done: self._sent(op, done))
+            future.add_done_callback(functools.partial(self._sent, op, command, urgent))
         return future
 
-    def _sent(self, op: str, future: asyncio.Future[Any]) -> None:
+    def _sent(
+        self, op: str, command: tuple[Any, ...], urgent: bool, future: asyncio.Future[Any]
+    ) -> None:
         if future.cancelled():
             return
         exc = future.exception()
-        if exc is not None:
-            self._failed(op, exc)
-        else:
-            self._succeeded()
+        if exc is None:
+            return
+        if isinstance(exc, ConnectionError) and not self._down:
+            with contextlib.suppress(Exception):  # closed meanwhile: counted below
+                retried = self.pipeline.execute(*command, urgent=urgent)
+                retried.add_done_callback(lambda done: self._resent(op, done))
+                return
+        metrics.redis_errors.labels(op).inc()
 
-    def _succeeded(self) -> None:
+    def _resent(self, op: str, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            metrics.redis_errors.labels(op).inc()
+
+    def _back(self) -> None:
         if self._down:
             self._down = False
             log.info("redis is back")
 
-    def _failed(self, op: str, exc: BaseException) -> None:
+    def _lost(self, op: str, exc: BaseException) -> None:
         metrics.redis_errors.labels(op).inc()
-        self._down_until = time.monotonic() + self.retry_after
         if not self._down:
             self._down = True
             log.warning("redis unavailable; failing open", op=op, error=type(exc).__name__)
 
     async def ping(self) -> bool:
-        """For /readyz: a real round trip, regardless of the pause after failures."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                await self.redis.ping()
-        except Exception as exc:
-            self._failed("ping", exc)
-            return False
-        self._down_until = 0.0
-        self._succeeded()
-        return True
+        """For /readyz: the probe's answer, which also ends or starts an outage."""
+        if await self.probe.reachable():
+            self._back()
+            return True
+        self._lost("ping", Unreachable("no answer to the probe"))
+        return False
 
     async def aclose(self) -> None:
         await self.pipeline.aclose()
         await self.redis.aclose()
         await self.pool.disconnect()
+        self.probe.close()

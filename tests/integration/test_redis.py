@@ -231,12 +231,16 @@ def test_identical_requests_that_miss_together_generate_once(redis: RedisServer)
     assert after - before == 1
 
 
-def _traffic(svc: Service, stop: threading.Event, failures: list[str], count: list[int]) -> None:
+def _traffic(
+    svc: Service, stop: threading.Event, failures: list[str], count: list[int], user: str
+) -> None:
+    # One user per thread: four threads of one user would meet the open-stream cap (3).
+    headers = bearer(make_token(sub=user))
     with httpx.Client(base_url=svc.url, timeout=10) as http:
         n = 0
         while not stop.is_set():
             n += 1
-            stream = stream_chat(http, "GET", f"/chat/traffic-{n}", headers=bearer())
+            stream = stream_chat(http, "GET", f"/chat/traffic-{n}", headers=headers)
             if stream.status != 200 or stream.names[-1] != "done":
                 failures.append(f"{stream.status} {stream.names[-1:]}")
             count[0] += 1
@@ -248,7 +252,8 @@ def test_redis_killed_under_traffic_then_restarted(redis: RedisServer) -> None:
         assert httpx.get(f"{svc.url}/readyz").status_code == 200
         stop, failures, count = threading.Event(), [], [0]
         workers = [
-            threading.Thread(target=_traffic, args=(svc, stop, failures, count)) for _ in range(4)
+            threading.Thread(target=_traffic, args=(svc, stop, failures, count, f"traffic-{n}"))
+            for n in range(4)
         ]
         for worker in workers:
             worker.start()
