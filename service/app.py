@@ -81,6 +81,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         finally:
             state.drain.unbind()
             await state.stream_slots.aclose()
+            await state.cache.aclose()
             await state.backend.aclose()
             await state.verifier.aclose()
             if state.store is not None:

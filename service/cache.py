@@ -8,12 +8,18 @@ CHAT_CACHE_TTL when it is configured, else in a small per-worker LRU.
 Identical requests that miss at the same time generate once: the first takes a short lock
 (`SET NX` in Redis, a future in memory) and generates; the others wait, pinged like any idle
 stream, and then replay the stored events. If the first fails, a waiter generates itself.
+
+The Redis lock holds a random token of its holder and lives LOCK_SECONDS; the holder renews
+it while it generates and deletes it only if it still holds that token, so a holder that
+outlived its lock never deletes another's, and one that died (SIGKILL) frees the waiters
+within LOCK_SECONDS rather than leaving them to wait out a long lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,7 +32,10 @@ from .store import Script, Store
 
 MAX_ENTRY_BYTES = 256 * 1024
 MEMORY_ENTRIES = 256
-LOCK_SECONDS = 120
+# A live holder renews its lock every third of this; a dead one's lapses within it.
+LOCK_SECONDS = 6
+# The longest a waiter waits for a leader that keeps its lock (a very long generation).
+PATIENCE_SECONDS = 120
 WAIT_POLL_SECONDS = (0.05, 0.1, 0.2, 0.4)
 
 
@@ -47,13 +56,23 @@ def loads(blob: bytes) -> list[Event]:
     return [Event(name, data) for name, data in orjson.loads(blob)]
 
 
-# KEYS = entry, lock; ARGV = lock seconds. One round trip for a look-up that either finds
-# the entry or, on a miss, tries to become the request that generates it.
+# KEYS = entry, lock; ARGV = lock seconds, the caller's token. One round trip for a look-up
+# that either finds the entry or, on a miss, tries to become the request that generates it.
 LOOKUP = Script("""
 local entry = redis.call('GET', KEYS[1])
 if entry then return {1, entry} end
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then return {0, 1} end
+if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'EX', ARGV[1]) then return {0, 1} end
 return {0, 0}
+""")
+# KEYS = lock; ARGV = lock seconds, token. Extends the lock if the token still holds it.
+RENEW = Script("""
+if redis.call('GET', KEYS[1]) == ARGV[2] then return redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 0
+""")
+# KEYS = lock; ARGV = token. Deletes the lock only for its holder.
+RELEASE = Script("""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """)
 
 
@@ -63,6 +82,8 @@ class ResponseCache:
         self.store = store
         self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._flights: dict[str, asyncio.Future[None]] = {}
+        self._locks: dict[str, str] = {}  # key -> token, for the Redis locks held here
+        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -76,8 +97,9 @@ class ResponseCache:
         if self.store is None:
             events = await self.get(key)
         else:
+            token = secrets.token_hex(16)
             found: Any = await self.store.run_script(
-                "cache_get", LOOKUP, [key, f"{key}:lock"], [LOCK_SECONDS], fallback=None
+                "cache_get", LOOKUP, [key, f"{key}:lock"], [LOCK_SECONDS, token], fallback=None
             )
             if found is None:  # Redis is away: generate here, uncoordinated
                 events = None
@@ -87,6 +109,7 @@ class ResponseCache:
                 events = None
                 if not found[1]:
                     return None, False
+                self._hold(key, token)
         if events is not None:
             return events, False
         self._flights[key] = asyncio.get_running_loop().create_future()
@@ -117,9 +140,10 @@ class ResponseCache:
             commands: list[tuple[Any, ...]] = []
             if blob is not None:
                 commands.append(("SET", key, blob, "EX", self.ttl))
-            if leading:
-                commands.append(("DEL", f"{key}:lock"))
-            written = self.store.send("cache_put", *commands)
+            token = self._locks.pop(key, None) if leading else None
+            if token is not None:
+                commands.append(("EVAL", RELEASE.source, 1, f"{key}:lock", token))
+            written = self.store.send("cache_put", *commands) if commands else None
         if not leading:
             return
         if written is None:
@@ -133,7 +157,30 @@ class ResponseCache:
         if flight is not None and not flight.done():
             flight.set_result(None)
 
-    async def wait(self, key: str, patience: float = LOCK_SECONDS) -> list[Event] | None:
+    def _hold(self, key: str, token: str) -> None:
+        self._locks[key] = token
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.ensure_future(self._renew_locks())
+
+    async def _renew_locks(self) -> None:
+        """Every third of LOCK_SECONDS, extend the locks this worker still holds (one
+        round trip for all of them: the calls of one loop turn go in one batch)."""
+        store = self.store
+        assert store is not None
+        while self._locks:
+            await asyncio.sleep(LOCK_SECONDS / 3)
+            await asyncio.gather(
+                *(
+                    store.run_script("cache_lock", RENEW, [f"{key}:lock"], [LOCK_SECONDS, token], 0)
+                    for key, token in list(self._locks.items())
+                )
+            )
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+
+    async def wait(self, key: str, patience: float = PATIENCE_SECONDS) -> list[Event] | None:
         """Wait for the leader of `key`, then return its stored events, or None if it failed."""
         flight = self._flights.get(key)
         if flight is not None:  # the leader is in this worker: wait for it, no polling

@@ -5,9 +5,11 @@ event loop; in Redis with `CHAT_REDIS_URL`, in process memory otherwise. slowapi
 it checks Redis synchronously and its middleware buffers streams.
 
 Open streams: each stream holds a lease in a Redis sorted set per user (member = stream id,
-score = lease expiry). A worker renews its leases in one pipeline every third of the lease
+score = lease expiry). A worker renews its leases in one batch every third of the lease
 time; a worker killed with SIGKILL stops renewing, so its slots free themselves within one
-lease (CHAT_STREAM_LEASE_SECONDS) instead of locking the user out.
+lease (CHAT_STREAM_LEASE_SECONDS) instead of locking the user out. Expiries are reckoned on
+Redis's clock (`TIME` inside the scripts), never a pod's: a pod whose clock is behind would
+write leases already expired, and one ahead would evict the others' live ones.
 
 Redis failures fail open (the request goes ahead), through `Store.call`.
 """
@@ -27,15 +29,28 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 
 from .store import Script, Store
 
-# KEYS[1] = the user's lease set; ARGV = now, lease expiry, max streams, stream id.
+# KEYS[1] = the user's lease set; ARGV = lease milliseconds, max streams, stream id.
 # Drops expired leases, then adds this one if there is room. Returns 1 or 0.
 ACQUIRE = Script("""
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
   return 0
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000))
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+""")
+# KEYS[1] = a user's lease set; ARGV = lease milliseconds, then the stream ids this worker
+# still holds there. Extends those that are still present (XX: never resurrects one).
+RENEW = Script("""
+local t = redis.call('TIME')
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', expiry, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """)
 
@@ -159,6 +174,7 @@ class StreamSlots:
         self.limit = limit
         self.store = store
         self.lease_seconds = lease_seconds
+        self._lease_ms = math.ceil(lease_seconds * 1000)
         self._local: Counter[str] = Counter()
         self._held: dict[str, str] = {}  # slot id -> user, for renewal and release
         self._renewer: asyncio.Task[None] | None = None
@@ -174,8 +190,7 @@ class StreamSlots:
                 return None
             self._local[user] += 1
         else:
-            now = time.time()
-            args = (now, now + self.lease_seconds, self.limit, slot)
+            args = (self._lease_ms, self.limit, slot)
             acquired = await self.store.run_script(
                 "stream_slot", ACQUIRE, [self._key(user)], args, fallback=1
             )
@@ -203,19 +218,23 @@ class StreamSlots:
             self._renewer = asyncio.create_task(self._renew_leases())
 
     async def _renew_leases(self) -> None:
-        assert self.store is not None
-        redis = self.store.redis
+        store = self.store
+        assert store is not None
         while self._held:
             await asyncio.sleep(self.lease_seconds / 3)
+            by_user: dict[str, list[str]] = {}
+            for slot, user in self._held.items():
+                by_user.setdefault(user, []).append(slot)
 
-            async def renew(expiry: float = time.time() + self.lease_seconds) -> None:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for slot, user in self._held.items():
-                        pipe.zadd(self._key(user), {slot: expiry}, xx=True)
-                        pipe.expireat(self._key(user), math.ceil(expiry))
-                    await pipe.execute()
+            async def renew(by_user: dict[str, list[str]] = by_user) -> None:
+                await asyncio.gather(
+                    *(
+                        store.eval(RENEW, [self._key(user)], [self._lease_ms, *slots])
+                        for user, slots in by_user.items()
+                    )
+                )
 
-            await self.store.call("stream_slot", renew, None)
+            await store.call("stream_slot", renew, None)
 
     async def aclose(self) -> None:
         if self._renewer is not None:

@@ -1,0 +1,23 @@
+"""Run a real process with its wall clock off by some seconds (libfaketime, from Debian's
+`faketime` package), as a pod with a drifting clock would be. Monotonic clocks stay true,
+so timers and timeouts behave; only `time.time()` and friends lie."""
+
+from __future__ import annotations
+
+import glob
+
+
+def libfaketime() -> str:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        raise RuntimeError("libfaketime is missing: scripts/test.sh installs Debian's faketime")
+    return found[0]
+
+
+def clock_offset_env(seconds: int) -> dict[str, str]:
+    return {
+        "LD_PRELOAD": libfaketime(),
+        "FAKETIME": f"{seconds:+d}s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
