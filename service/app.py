@@ -27,7 +27,7 @@ from .backends import make_backend
 from .body_limit import BodyLimit
 from .cache import ResponseCache
 from .config import Settings, load_settings
-from .conversations import Conversations
+from .conversations import make_conversations
 from .cors import CORS
 from .limits import RateLimits, StreamSlots
 from .observability.logging import access_logger, get_logger
@@ -67,8 +67,11 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
             settings.max_streams_per_user, state.store, settings.stream_lease_seconds
         )
         state.cache = ResponseCache(settings.cache_ttl, state.store)
-        state.conversations = Conversations(
-            state.store, settings.history_turns, settings.history_ttl
+        state.conversations = make_conversations(
+            state.store,
+            settings.history_turns,
+            settings.history_ttl,
+            settings.max_conversations_per_user,
         )
         # What exists now (modules, the app, its routes and resources) lives as long as the
         # worker: move it out of the collector's sight, so that full collections, which

@@ -22,7 +22,7 @@ from ..auth import Principal
 from ..backends import Backend, BackendError, ChatRequest, Turn
 from ..cache import ResponseCache, cache_key
 from ..config import Settings
-from ..conversations import Conversations, HistoryUnavailable, NotFound
+from ..conversations import Conversations, HistoryUnavailable, NotFound, Opened
 from ..deps import CurrentUser
 from ..errors import (
     ClientGone,
@@ -35,10 +35,12 @@ from ..errors import (
 )
 from ..limits import RateLimits, RateResult, StreamSlots
 from ..observability import metrics
+from ..observability.logging import get_logger
 from ..shutdown import Drain
 from ..sse import Event, EventStream
 
 router = APIRouter(tags=["chat"])
+log = get_logger("service.chat")
 
 
 class TextConvertor(StringConvertor):
@@ -231,14 +233,14 @@ async def _stream(
     cache: ResponseCache = state.cache
     single_flight = request.state.cache == "MISS"
     try:
-        history = await _history(state.conversations, user, conversation_id)
+        opened = await _open_conversation(state.conversations, user, conversation_id, message)
     except BaseException:
         if leading and single_flight:
             cache.finish(key, None, leading=True)  # type: ignore[arg-type]
         raise
-    chat = ChatRequest(message=message, history=history)
+    chat = ChatRequest(message=message, history=opened.history if opened else ())
 
-    remember = _remember(state.conversations, user, conversation_id, message)
+    remember = _remember(state.conversations, user, conversation_id, opened, message)
     events: AsyncIterator[Event]
     if cached is not None:
         events = _replay(cached, remember)
@@ -263,32 +265,48 @@ async def _stream(
     )
 
 
-async def _history(
-    conversations: Conversations, user: Principal, conversation_id: str | None
-) -> list[Turn]:
+async def _open_conversation(
+    conversations: Conversations, user: Principal, conversation_id: str | None, message: str
+) -> Opened | None:
     if conversation_id is None:
-        return []
+        return None
     try:
-        return await conversations.history(user.sub, conversation_id)
+        return await conversations.open(user.sub, conversation_id, message)
     except NotFound:
         raise NotFoundError("conversation not found") from None
     except HistoryUnavailable:
         raise Unavailable("conversation history is unavailable; try again shortly") from None
 
 
-Remember = Callable[[list[Event]], Awaitable[None]] | None
+# Keeps a finished turn; returns the event to end with instead of `done` when it cannot.
+Remember = Callable[[list[Event]], Awaitable[Event | None]] | None
+NOT_KEPT = Event(
+    "error",
+    {"code": "history_unavailable", "message": "the reply could not be saved; send it again"},
+)
 
 
 def _remember(
-    conversations: Conversations, user: Principal, conversation_id: str | None, message: str
+    conversations: Conversations,
+    user: Principal,
+    conversation_id: str | None,
+    opened: Opened | None,
+    message: str,
 ) -> Remember:
-    if conversation_id is None:
+    if conversation_id is None or opened is None:
         return None
 
-    async def remember(events: list[Event]) -> None:
+    async def remember(events: list[Event]) -> Event | None:
         reply = "".join(e.data.get("text", "") for e in events if e.name == "content")
         turns = [Turn("user", message), Turn("assistant", reply)]
-        await conversations.append(user.sub, conversation_id, turns)
+        try:
+            kept = await conversations.append(user.sub, conversation_id, opened.epoch, turns)
+        except HistoryUnavailable:
+            log.warning("conversation turn not stored", conversation_id=conversation_id)
+            return NOT_KEPT
+        if not kept:  # deleted while the reply streamed: it stays deleted
+            log.info("conversation deleted during the reply; turn dropped")
+        return None
 
     return remember
 
@@ -358,7 +376,11 @@ async def _replay(events: list[Event], remember: Remember) -> AsyncIterator[Even
     yield START
     for event in events:
         if event.name == "done" and remember is not None:
-            await remember(events)  # before `done`: a client's next turn must see this one
+            # Before `done`: a client's next turn must see this one.
+            failure = await remember(events)
+            if failure is not None:
+                yield failure
+                return
         yield event
 
 
@@ -410,7 +432,10 @@ async def _generate(
                 if event.name == "done":
                     completed = True
                     if remember is not None:
-                        await remember(recorded)
+                        failure = await remember(recorded)
+                        if failure is not None:
+                            yield failure
+                            return
                 yield event
     except BackendError as exc:
         completed = False

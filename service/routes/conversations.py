@@ -1,10 +1,10 @@
-"""A user's conversation history: read it, or forget it."""
+"""A user's conversations: list them, read one, or forget it."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from ..conversations import Conversations, HistoryUnavailable, NotFound
 from ..deps import CurrentUser
@@ -13,11 +13,32 @@ from ..errors import NotFoundError, Unavailable
 router = APIRouter(tags=["conversations"])
 
 ConversationId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+UNAVAILABLE = "conversation history is unavailable; try again shortly"
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},
     404: {"description": "No such conversation for this user"},
     503: {"description": "History storage is unavailable"},
 }
+
+
+@router.get("/conversations", responses={k: v for k, v in RESPONSES.items() if k != 404})
+async def list_conversations(
+    request: Request,
+    user: CurrentUser,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[0-9A-Za-z._:-]*$")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    """The caller's conversations, most recently updated first; `next` pages on."""
+    conversations: Conversations = request.app.state.conversations
+    try:
+        page = await conversations.listing(user.sub, cursor, limit)
+    except HistoryUnavailable:
+        raise Unavailable(UNAVAILABLE) from None
+    items = [
+        {"id": s.id, "title": s.title, "updated_at": s.updated_at, "turns": s.turns}
+        for s in page.conversations
+    ]
+    return {"conversations": items, "next": page.next}
 
 
 @router.get("/conversations/{conversation_id}", responses=RESPONSES)
@@ -31,9 +52,7 @@ async def get_conversation(
     except NotFound:
         raise NotFoundError("conversation not found") from None
     except HistoryUnavailable:
-        raise Unavailable("conversation history is unavailable; try again shortly") from None
-    if not turns:
-        raise NotFoundError("conversation not found")
+        raise Unavailable(UNAVAILABLE) from None
     return {
         "id": conversation_id,
         "messages": [{"role": t.role, "content": t.content} for t in turns],
@@ -51,5 +70,5 @@ async def delete_conversation(
     except NotFound:
         raise NotFoundError("conversation not found") from None
     except HistoryUnavailable:
-        raise Unavailable("conversation history is unavailable; try again shortly") from None
+        raise Unavailable(UNAVAILABLE) from None
     return Response(status_code=204)

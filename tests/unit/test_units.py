@@ -91,11 +91,13 @@ def test_history_turns_zero_keeps_no_history() -> None:
     import asyncio
 
     from service.backends import Turn
-    from service.conversations import Conversations
+    from service.conversations import make_conversations
 
     async def scenario() -> list[Turn]:
-        conversations = Conversations(None, max_turns=0, ttl=60)
-        await conversations.append("u", "c", [Turn("user", "hi"), Turn("assistant", "yo")])
+        conversations = make_conversations(None, max_turns=0, ttl=60, max_per_user=10)
+        opened = await conversations.open("u", "c", "hi")
+        turns = [Turn("user", "hi"), Turn("assistant", "yo")]
+        assert await conversations.append("u", "c", opened.epoch, turns)
         return await conversations.history("u", "c")
 
     assert asyncio.run(scenario()) == []
