@@ -1,7 +1,7 @@
 """Response cache: a completed stream's events, replayed at once for an identical request.
 
-The key is a hash of backend, model and message, so a changed model never serves another
-model's reply. Only streams that ended with `done` are stored (never an error, a disconnect
+The key is a hash of backend, model and message (and the user, with CHAT_CACHE_SCOPE=user),
+so a changed model never serves another model's reply. Only streams that ended with `done` are stored (never an error, a disconnect
 or a shutdown), and only up to `MAX_ENTRY_BYTES`. Entries live in Redis with
 CHAT_CACHE_TTL when it is configured, else in a small per-worker LRU.
 
@@ -39,8 +39,10 @@ PATIENCE_SECONDS = 120
 WAIT_POLL_SECONDS = (0.05, 0.1, 0.2, 0.4)
 
 
-def cache_key(backend: str, model: str, message: str) -> str:
-    digest = hashlib.sha256(f"{backend}\0{model}\0{message}".encode()).hexdigest()
+def cache_key(backend: str, model: str, message: str, user: str | None = None) -> str:
+    """With CHAT_CACHE_SCOPE=user, `user` keeps each user's replies their own."""
+    scope = "" if user is None else f"\0{user}"
+    digest = hashlib.sha256(f"{backend}\0{model}\0{message}{scope}".encode()).hexdigest()
     return f"chat:cache:{digest}"
 
 

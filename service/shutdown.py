@@ -5,6 +5,8 @@ finish, without limit and without telling the application. The worker class call
 `notify_shutdown()` from its signal handler; each app's `Drain` then marks itself draining
 (so `/readyz` fails and load balancers stop sending) and, once the graceful period is over,
 ends every stream still open with the contract's `shutdown` error event so clients can retry.
+A stream that begins after that (its request was already on its way) ends the same way at
+once, instead of running until uvicorn cancels it without a word.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Drain:
     def __init__(self, grace_seconds: float) -> None:
         self.grace_seconds = grace_seconds
         self.draining = False
+        self.over = False  # the graceful period has ended
         self.streams: set[Stoppable] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -50,11 +53,15 @@ class Drain:
         assert self._loop is not None
         self._loop.call_later(self.grace_seconds, self._end_streams)
 
+    def add(self, stream: Stoppable) -> None:
+        self.streams.add(stream)
+        if self.over:
+            stream.stop("shutdown")
+
     def _end_streams(self) -> None:
-        if self.streams:
-            logger.warning(
-                "graceful period over; ending open streams", extra={"streams": len(self.streams)}
-            )
+        self.over = True
+        log = logger.warning if self.streams else logger.info
+        log("graceful period over; ending open streams", extra={"streams": len(self.streams)})
         for stream in list(self.streams):
             stream.stop("shutdown")
 

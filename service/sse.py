@@ -49,6 +49,9 @@ class Event:
     data: dict[str, Any]
 
 
+SHUTDOWN = Event("error", {"code": "shutdown", "message": "server is restarting"})
+
+
 def encode(event: Event, event_id: int) -> bytes:
     # JSON escapes CR and LF inside strings, so the payload is always one `data:` line.
     # orjson writes the same compact UTF-8 as json.dumps(ensure_ascii=False, separators=
@@ -100,14 +103,18 @@ class EventStream(Response):
         self.init_headers({**SSE_HEADERS, **(headers or {})})
         self._task: asyncio.Task[Any] | None = None
         self._stop_reason: str | None = None
+        self._streaming = False
         self._sending = False
         self._finished = False
 
     def stop(self, reason: str) -> None:
-        """End the stream from outside its task: `disconnected`, `slow_client` or `shutdown`."""
+        """End the stream from outside its task: `disconnected`, `slow_client` or `shutdown`.
+        A stream stopped before it began (one that starts after the drain's deadline) ends
+        as soon as it begins."""
         if self._task is not None and self._stop_reason is None and not self._finished:
             self._stop_reason = reason
-            self._task.cancel()
+            if self._streaming:
+                self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
@@ -138,6 +145,12 @@ class EventStream(Response):
     async def _stream(self, send: Send) -> None:
         stats = self.stats
         event_id = 0
+        if self._stop_reason == "shutdown":  # stopped before it began: the drain is over
+            stats.outcome = "shutdown"
+            await self._send_event(send, SHUTDOWN, 1)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        self._streaming = True
         try:
             try:
                 async for event in self.events:
@@ -158,13 +171,13 @@ class EventStream(Response):
                         return
             except asyncio.CancelledError:
                 if self._stop_reason is None:
-                    raise  # the server itself is cancelling us: let it
+                    stats.outcome = "shutdown"  # the server itself is cancelling us
+                    raise
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 stats.outcome = "shutdown" if self._stop_reason == "shutdown" else "disconnected"
                 if self._stop_reason != "shutdown":
                     return  # nobody is reading any more
-                shutdown = Event("error", {"code": "shutdown", "message": "server is restarting"})
-                await self._send_event(send, shutdown, event_id + 1)
+                await self._send_event(send, SHUTDOWN, event_id + 1)
             except Exception:
                 logger.exception("stream failed")
                 stats.outcome = "error"

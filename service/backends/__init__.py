@@ -17,6 +17,11 @@ from ..config import Settings
 from ..sse import Event
 
 
+# `done` reasons of a reply that ended by itself: the demo's `complete`, OpenAI's `stop`.
+# Anything else (`length`, `content_filter`, ...) was cut short and is never cached.
+NATURAL_ENDS = frozenset({"complete", "stop"})
+
+
 @dataclass(frozen=True, slots=True)
 class Turn:
     role: str  # "user" | "assistant"

@@ -19,7 +19,7 @@ from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.types import Receive
 
 from ..auth import Principal
-from ..backends import Backend, BackendError, ChatRequest, Turn
+from ..backends import NATURAL_ENDS, Backend, BackendError, ChatRequest, Turn
 from ..cache import ResponseCache, cache_key
 from ..config import Settings
 from ..conversations import Conversations, HistoryUnavailable, NotFound, Opened
@@ -145,7 +145,8 @@ async def _respond(
     key = None
     request.state.cache = "OFF"
     if cache.enabled and conversation_id is None:
-        key = cache_key(backend.name, backend.model, message)
+        scope = user.sub if state.settings.cache_scope == "user" else None
+        key = cache_key(backend.name, backend.model, message, scope)
         bypass = "no-cache" in request.headers.get("cache-control", "").lower()
         request.state.cache = "BYPASS" if bypass else "MISS"
 
@@ -348,7 +349,7 @@ async def _open(backend: Backend, chat: ChatRequest) -> AsyncIterator[Event]:
 
 def _opened(drain: Drain) -> Any:
     def opened(stream: EventStream) -> None:
-        drain.streams.add(stream)
+        drain.add(stream)
         metrics.streams_active.inc()
 
     return opened
@@ -430,7 +431,7 @@ async def _generate(
                 if record:
                     recorded.append(event)
                 if event.name == "done":
-                    completed = True
+                    completed = event.data.get("reason") in NATURAL_ENDS
                     if remember is not None:
                         failure = await remember(recorded)
                         if failure is not None:

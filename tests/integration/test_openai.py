@@ -219,3 +219,38 @@ def test_logs_never_carry_the_api_key_or_upstream_bodies(svc: Service) -> None:
 
     assert API_KEY not in everything
     assert LEAK not in everything
+
+
+@pytest.mark.parametrize("reason", ["length", "content_filter"])
+def test_a_reply_cut_short_is_never_cached(
+    http: httpx.Client, upstream: FakeOpenAI, reason: str
+) -> None:
+    message = f"{reason} {uuid.uuid4()}"
+    first = _post(http, message)
+    second = _post(http, message)
+    assert first.events[-1].data["reason"] == reason
+    assert [first.headers["x-cache"], second.headers["x-cache"]] == ["MISS", "MISS"]
+    assert upstream.attempts[message] == 2
+
+
+def test_a_natural_stop_is_cached(http: httpx.Client, upstream: FakeOpenAI) -> None:
+    message = f"normal {uuid.uuid4()}"
+    first, second = _post(http, message), _post(http, message)
+    assert [first.headers["x-cache"], second.headers["x-cache"]] == ["MISS", "HIT"]
+    assert second.text == first.text
+    assert upstream.attempts[message] == 1
+
+
+def test_with_user_scope_a_cached_reply_is_only_replayed_to_its_user(upstream: FakeOpenAI) -> None:
+    env = {
+        "CHAT_BACKEND": "openai",
+        "CHAT_OPENAI_BASE_URL": upstream.base_url,
+        "CHAT_OPENAI_MODEL": "test-model",
+        "CHAT_CACHE_SCOPE": "user",
+    }
+    message = f"normal {uuid.uuid4()}"
+    alice, bob = make_token(sub="scoped-alice"), make_token(sub="scoped-bob")
+    with running_service(env, workers=1) as svc, httpx.Client(base_url=svc.url) as http:
+        caches = [_post(http, message, token).headers["x-cache"] for token in (alice, bob, alice)]
+    assert caches == ["MISS", "MISS", "HIT"]
+    assert upstream.attempts[message] == 2

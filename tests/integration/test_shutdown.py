@@ -4,6 +4,7 @@ with an `error` event `{"code": "shutdown"}`; /readyz fails while draining."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
@@ -62,3 +63,32 @@ def _wait_open(url: str) -> None:
             return
         time.sleep(0.02)  # the gauge lives in another process; there is no event to await
     raise TimeoutError("stream never opened")
+
+
+def test_a_stream_that_begins_after_the_graceful_period_ends_at_once_with_shutdown() -> None:
+    """Its request was on its way when the drain ended (here: the body sent late). Before,
+    it streamed until uvicorn cancelled it seconds later, with no `shutdown` event, and
+    was logged as `done`."""
+    env = {"CHAT_DEMO_DELAY_SCALE": "1", "CHAT_GRACEFUL_TIMEOUT": "1"}
+    body = b'{"message": "late"}'
+    with running_service(env, workers=1) as svc:
+        with socket.create_connection(("127.0.0.1", svc.port), timeout=30) as sock:
+            sock.sendall(
+                b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Authorization: {bearer()['Authorization']}\r\n".encode()
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            )
+            svc.proc.send_signal(signal.SIGTERM)
+            svc.wait_for_event("graceful period over")
+            sent = time.monotonic()
+            sock.sendall(body)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+            took = time.monotonic() - sent
+        assert svc.proc.wait(30) == 0
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert b"event: thinking" not in received
+    assert b'event: error\ndata: {"code":"shutdown"' in received
+    assert took < 1.0
+    assert any(r.get("route") == "/chat" and r.get("outcome") == "shutdown" for r in svc.records())

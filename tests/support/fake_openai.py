@@ -146,7 +146,9 @@ class FakeOpenAI:
         history = len(seen.body["messages"]) - 1
         for piece in ("Hello", " from", " the", f" model ({history} earlier)"):
             await chunk(delta(content=piece))
-        await chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        # `length` and `content_filter` cut a reply short; anything else stops naturally.
+        reason = scenario if scenario in ("length", "content_filter") else "stop"
+        await chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
         await chunk(
             {
                 "choices": [],
