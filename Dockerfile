@@ -21,18 +21,17 @@ FROM python:${PYTHON_VERSION}-bookworm AS build
 # Build in a directory of our own, not in the image's root.
 WORKDIR /src
 
-# Only the project metadata first, so the dependency wheels below stay cached until
-# pyproject.toml changes; editing the code does not rebuild them.
-COPY pyproject.toml ./
+# Only the lock file first, so the dependency wheels below stay cached until it changes;
+# editing the code does not rebuild them.
+COPY requirements/runtime.lock ./
 
-# Dependency wheels: the list comes from pyproject.toml itself (tomllib is in 3.11), so
-# the image installs exactly what the package declares.
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
-    && pip wheel --no-cache-dir --wheel-dir /wheels/deps --requirement requirements.txt \
-    && cp requirements.txt /wheels/deps/requirements.txt
+# Dependency wheels: exactly the locked versions, every file checked against its hash
+# (scripts/lock.sh makes the lock from pyproject.toml). Nothing is resolved afresh.
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels/deps --requirement runtime.lock \
+    && cp runtime.lock /wheels/deps/runtime.lock
 
-# Then the code. The README first: pyproject.toml names it as the package description.
-COPY README.md ./
+# Then the code. pyproject.toml names the README as the package description.
+COPY pyproject.toml README.md ./
 
 # The package itself.
 COPY service ./service
@@ -86,9 +85,10 @@ RUN groupadd --system --gid 10001 chat \
        --shell /usr/sbin/nologin chat
 
 # Dependencies first, from the build stage's wheels through a bind mount (the wheels
-# themselves never become a layer); offline, so nothing unreviewed is fetched here.
+# themselves never become a layer); offline and hash-checked against the lock again.
 RUN --mount=type=bind,from=build,source=/wheels/deps,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels --requirement /wheels/requirements.txt
+    pip install --no-cache-dir --no-index --find-links=/wheels --require-hashes \
+        --requirement /wheels/runtime.lock
 
 # Then the project itself: a code change rebuilds only this small layer.
 RUN --mount=type=bind,from=build,source=/wheels/app,target=/wheels \

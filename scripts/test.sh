@@ -28,7 +28,10 @@ export PATH="$PATH:/usr/sbin"
 
 python=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# Exactly the locked versions, hash-checked (scripts/lock.sh makes the lock), then the
+# project itself, editable, with nothing more resolved.
+.venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.lock
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 bash scripts/install-deploy-tools.sh
 
 .venv/bin/ruff check .

@@ -1,8 +1,9 @@
 """Response cache: a completed stream's events, replayed at once for an identical request.
 
 The key is a hash of backend, model and message (and the user, with CHAT_CACHE_SCOPE=user),
-so a changed model never serves another model's reply. Only streams that ended with `done` are stored (never an error, a disconnect
-or a shutdown), and only up to `MAX_ENTRY_BYTES`. Entries live in Redis with
+so a changed model never serves another model's reply. Only replies that ended by
+themselves are stored (never an error, a disconnect, a shutdown, or a reply cut short by
+`length` or `content_filter`), and only up to `MAX_ENTRY_BYTES`. Entries live in Redis with
 CHAT_CACHE_TTL when it is configured, else in a small per-worker LRU.
 
 Identical requests that miss at the same time generate once: the first takes a short lock

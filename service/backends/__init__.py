@@ -16,7 +16,6 @@ from typing import Protocol
 from ..config import Settings
 from ..sse import Event
 
-
 # `done` reasons of a reply that ended by itself: the demo's `complete`, OpenAI's `stop`.
 # Anything else (`length`, `content_filter`, ...) was cut short and is never cached.
 NATURAL_ENDS = frozenset({"complete", "stop"})

@@ -107,13 +107,13 @@ def test_runtime_stage_is_slim_non_root_and_self_checking() -> None:
 
 
 def test_dependencies_install_before_the_code() -> None:
-    """pyproject.toml alone is copied before the dependency wheels are built, so a code
+    """The lock file alone is copied before the dependency wheels are built, so a code
     change rebuilds neither them nor the runtime's dependency layer."""
     instructions = parse(DOCKERFILE.read_text())
     copies = [(i, ins.args) for i, ins in enumerate(instructions) if ins.keyword == "COPY"]
     first_code = min(i for i, args in copies if "service" in args.split())
     deps_wheels = min(i for i, ins in enumerate(instructions) if "wheels/deps" in ins.args)
-    assert copies[0][1].split()[0] == "pyproject.toml"
+    assert copies[0][1].split()[0] == "requirements/runtime.lock"
     assert deps_wheels < first_code
     runtime = final_stage(instructions)
     installs = [ins.args for ins in runtime if ins.keyword == "RUN" and "pip install" in ins.args]

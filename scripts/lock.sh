@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Regenerate the lock files from pyproject.toml, with every hash:
+#
+#   requirements/runtime.lock   what the service needs; the Dockerfile installs it, and the
+#                               dependency audit reads it
+#   requirements/dev.lock       that plus the dev extra; scripts/test.sh installs it
+#
+# Universal (every platform the image or a laptop may have), for Python 3.11 and newer.
+# Run it after changing dependencies in pyproject.toml, then run ./scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[[ -x .venv/bin/uv ]] || .venv/bin/python -m pip install -q uv
+compile() {
+    .venv/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+        --generate-hashes --quiet "$@"
+}
+compile --output-file requirements/runtime.lock
+compile --extra dev --output-file requirements/dev.lock
