@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
 from schemathesis.generation import GenerationMode
@@ -159,4 +160,54 @@ def test_every_operation_answers_as_its_schema_documents(
     expected = NEGATIVE_OPERATIONS if mode is GenerationMode.NEGATIVE else set(exercised)
     assert expected <= set(exercised)
     assert len(exercised) >= (3 if mode is GenerationMode.NEGATIVE else 8)
+    assert not failures, "\n\n".join(f"== {label}\n{text}" for label, text in failures.items())
+
+
+# Anything a client might put after "Bearer": printable text, and three dot-joined
+# segments of (mostly) base64url, the shape a verifier gets furthest with.
+SEGMENTS = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/!~", max_size=60
+)
+BAD_TOKENS = st.one_of(
+    st.none(),
+    st.from_regex(r"[ -~]{0,300}", fullmatch=True),
+    st.builds(lambda a, b, c: f"{a}.{b}.{c}", SEGMENTS, SEGMENTS, SEGMENTS),
+    st.just(make_token(sub="fuzzer", ttl=-600)),
+)
+PUBLIC = {"GET /", "GET /healthz", "GET /readyz", "GET /metrics"}
+
+
+def test_without_a_valid_token_every_operation_refuses_and_none_answers_5xx(
+    fuzzed_service: Service, api_schema: Any
+) -> None:
+    exercised: Counter[str] = Counter()
+    failures: dict[str, str] = {}
+    for result in api_schema.get_all_operations():
+        operation = result.ok()
+        label = operation.label
+
+        @given(
+            case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE), token=BAD_TOKENS
+        )
+        @EXAMPLES
+        def check(case: Any, token: str | None) -> None:
+            exercised[label] += 1  # noqa: B023 - runs before the loop moves on
+            headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+            response = case.call(base_url=fuzzed_service.url, headers=headers, timeout=10)
+            assert response.status_code < 500, (response.status_code, response.text[:200])
+            if label not in PUBLIC:  # noqa: B023
+                assert response.status_code in (401, 413), (
+                    response.status_code,
+                    response.text[:200],
+                )
+                if response.status_code == 401:
+                    assert response.headers["www-authenticate"][0].startswith("Bearer")
+
+        try:
+            check()
+        except (Exception, BaseExceptionGroup) as exc:
+            failures[label] = str(exc)
+
+    print(f"anonymous: {dict(exercised)}")
+    assert len(exercised) >= 8
     assert not failures, "\n\n".join(f"== {label}\n{text}" for label, text in failures.items())
