@@ -144,8 +144,18 @@ checks.
   value: {{ .Values.config.rateLimit | quote }}
 - name: CHAT_MAX_STREAMS_PER_USER
   value: {{ .Values.config.maxStreamsPerUser | quote }}
+- name: CHAT_IP_RATE_LIMIT
+  value: {{ .Values.config.ipRateLimit | quote }}
+- name: CHAT_HEADER_TIMEOUT
+  value: {{ .Values.config.headerTimeout | quote }}
+- name: CHAT_MAX_CONNECTIONS
+  value: {{ .Values.config.maxConnections | quote }}
+- name: CHAT_MAX_CONVERSATIONS_PER_USER
+  value: {{ .Values.config.maxConversationsPerUser | quote }}
 - name: CHAT_CACHE_TTL
   value: {{ .Values.config.cacheTtl | quote }}
+- name: CHAT_CACHE_SCOPE
+  value: {{ .Values.config.cacheScope | quote }}
 - name: CHAT_SSE_PING_SECONDS
   value: {{ .Values.config.ssePingSeconds | quote }}
 - name: CHAT_LOG_FORMAT
