@@ -67,6 +67,8 @@ def server(kind: str, delay_scale: float, redis_url: str | None) -> Any:
             CHAT_DEMO_DELAY_SCALE=str(delay_scale),
             CHAT_RATE_LIMIT="100000000/minute",
             CHAT_MAX_STREAMS_PER_USER="100000",
+            # The idle figure holds 5,000 streams on one worker: past the default bound.
+            CHAT_MAX_CONNECTIONS="9000",
             PROMETHEUS_MULTIPROC_DIR=metrics_dir,
         )
         if redis_url:

@@ -6,6 +6,7 @@ not guessed with sleeps; the process is stopped by its PID with SIGTERM, then SI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -128,12 +129,17 @@ class Service:
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
+            workers = self.worker_pids()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+                # A killed arbiter leaves its workers behind: they were ours too.
+                for pid in workers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         self._reader.join(5)
         return self.proc.returncode
 
