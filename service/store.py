@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -106,6 +105,57 @@ class Probe:
         self._client.close()
 
 
+UNREACHABLE, SLOW = "unreachable", "slow"
+
+
+class _Watch:
+    """Watches one command for `Store.timeout` without a task of its own (a timer on the
+    caller's `asyncio.timeout(None)`, which costs no more than a plain timeout): if the
+    command is still unanswered then, it asks the probe; while the probe finds Redis there,
+    it keeps waiting (up to `give_up`); if not, Redis is down and the command ends now."""
+
+    __slots__ = ("deadline", "started", "stopped", "store", "timer", "verdict")
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.deadline: asyncio.Timeout | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.started = 0.0
+        self.stopped = False
+        self.verdict: str | None = None
+
+    def start(self, deadline: asyncio.Timeout) -> None:
+        loop = asyncio.get_running_loop()
+        self.deadline = deadline
+        self.started = loop.time()
+        self.timer = loop.call_later(self.store.timeout, self._suspect)
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def _suspect(self) -> None:
+        self.timer = None
+        if not self.stopped:
+            asyncio.ensure_future(self.store.probe.reachable()).add_done_callback(self._verdict)
+
+    def _verdict(self, probe: asyncio.Future[bool]) -> None:
+        if self.stopped or probe.cancelled():
+            return
+        loop = asyncio.get_running_loop()
+        assert self.deadline is not None
+        if not probe.result():
+            self.verdict = UNREACHABLE
+            self.store.lost_by_probe()
+            self.deadline.reschedule(loop.time())
+        elif loop.time() - self.started > self.store.give_up:
+            self.verdict = SLOW
+            self.deadline.reschedule(loop.time())
+        else:
+            self.timer = loop.call_later(self.store.timeout, self._suspect)
+
+
 class Script:
     """A Lua script run by its SHA1, with its source sent instead when Redis lacks it
     (after a restart or SCRIPT FLUSH); Redis then keeps it for the next EVALSHA."""
@@ -176,34 +226,23 @@ class Store:
 
     async def _answer(self, action: Callable[[], Awaitable[T]]) -> T:
         for attempt in (1, 2):
-            task = asyncio.ensure_future(action())
+            watch = _Watch(self)
             try:
-                return await self._wait(task)
+                async with asyncio.timeout(None) as deadline:
+                    watch.start(deadline)
+                    try:
+                        return await action()
+                    finally:
+                        watch.stop()
+            except TimeoutError:
+                if watch.verdict == UNREACHABLE:
+                    raise Unreachable("no answer to the probe") from None
+                raise  # reachable, but no answer to this command: it fails alone
             except (ConnectionError, ConnectionResetError, BrokenPipeError) as exc:
-                if attempt == 2:
+                if attempt == 2 or self._down:
                     raise Unreachable("no connection") from exc
                 # A connection the server closed while it sat idle: once more, on a new one.
-            except asyncio.CancelledError:
-                task.cancel()  # the caller is gone: so is its command
-                raise
         raise AssertionError("unreachable")
-
-    async def _wait(self, task: asyncio.Future[T]) -> T:
-        deadline = time.monotonic() + self.give_up
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self.timeout)
-            if done:
-                return task.result()
-            # No answer yet: a dead Redis, or a worker too busy to read the reply?
-            if not await self.probe.reachable():
-                task.cancel()
-                self.pipeline.abandon()  # everything else waiting on it waits for nothing
-                raise Unreachable("no answer to the probe")
-            if task.done():
-                return task.result()
-            if time.monotonic() > deadline:
-                task.cancel()
-                raise TimeoutError("redis is reachable but did not answer this command")
 
     async def execute(self, op: str, *command: Any, fallback: T) -> Any:
         """One command, sent with whatever else this turn of the event loop sends; its raw
@@ -263,6 +302,12 @@ class Store:
     def _resent(self, op: str, future: asyncio.Future[Any]) -> None:
         if not future.cancelled() and future.exception() is not None:
             metrics.redis_errors.labels(op).inc()
+
+    def lost_by_probe(self) -> None:
+        """The probe got no answer: Redis is down for every call, and whatever is waiting
+        on it now waits for nothing."""
+        self._lost("probe", Unreachable("no answer to the probe"))
+        self.pipeline.abandon()
 
     def _back(self) -> None:
         if self._down:

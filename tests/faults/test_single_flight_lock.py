@@ -1,5 +1,5 @@
-"""The single-flight lock: owned by a token, renewed by a live holder, freed soon after a
-dead one. Before, the lock was a bare '1' that lived 120 s and was deleted by anyone: a
+"""The single-flight lock: owned by a token, deleted only by its holder, and taken down
+soon after its holder dies (its worker's heartbeat stops). Before, the lock was a bare '1' that lived 120 s and was deleted by anyone: a
 SIGKILLed leader left identical requests waiting two minutes, and a leader that outlived
 its lock deleted the next leader's."""
 
@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis as sync_redis
 
-from service.cache import LOCK_SECONDS, ResponseCache, cache_key
+from service.cache import HEARTBEAT_SECONDS, ResponseCache, cache_key
 from service.store import Store
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import running_service
@@ -100,7 +100,7 @@ def test_waiters_take_over_within_seconds_of_a_sigkilled_leader(redis: RedisServ
     assert stream.names[0] == "start" and stream.names[-1] == "done"
     assert stream.text.startswith("You said: same-question.")
     # It waited while the leader lived, and generated itself once the dead leader's lock
-    # lapsed: within LOCK_SECONDS and a poll, not the two minutes of the old lock.
+    # went silent: within its heartbeat's life and a poll, not the two minutes of the old lock.
     first_step = next(e for e in stream.events if e.name == "thinking")
     assert first_step.at > killed
-    assert first_step.at - killed < LOCK_SECONDS + 1.5
+    assert first_step.at - killed < HEARTBEAT_SECONDS + 1.5
