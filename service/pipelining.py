@@ -13,7 +13,12 @@ Replies come back in order, so each command's future gets its own reply; an erro
 silent past `timeout` for its whole exchange, or `abandon`ed by the Store once its probe
 finds Redis gone) fails every command of its batch with a `ConnectionError` and reconnects
 on its next use; one the other end closed while it sat idle (a Redis restart, an idle
-timeout) reconnects before it is used. The connections are
+timeout) reconnects before it is used.
+
+An exchange still unanswered after `stall_after` asks `on_stall` (the Store's probe)
+whether Redis is there at all: if not, the exchange ends now; if so, it is waited for, and
+asked about again after each `stall_after`. One timer per exchange, so a batch of many
+commands is watched for the price of one. The connections are
 redis-py's own, built from the pool's settings, and kept here: `max_connections` of them
 at most; when all are busy, commands wait for the first to come back and then go with it,
 less those whose callers gave up meanwhile. Commands are packed by hiredis, in C, when
@@ -25,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hiredis import pack_command
@@ -37,10 +43,21 @@ Pending = tuple[bytes, asyncio.Future[Any]]
 
 
 class AutoPipeline:
-    def __init__(self, pool: ConnectionPool, max_connections: int, timeout: float) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        max_connections: int,
+        timeout: float,
+        stall_after: float | None = None,
+        on_stall: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
         self.pool = pool
         self.max_connections = max_connections
         self.timeout = timeout
+        self.stall_after = stall_after
+        self.on_stall = on_stall
+        self._watchdogs: dict[asyncio.Task[Any], asyncio.TimerHandle] = {}
+        self._judging: set[asyncio.Future[None]] = set()
         # One deadline per exchange, below, instead of redis-py's per write and per reply.
         self._connection_kwargs = {**pool.connection_kwargs, "socket_timeout": None}
         self._idle: list[AbstractConnection] = []
@@ -102,6 +119,9 @@ class AutoPipeline:
             self._idle.append(connection)
 
     async def _exchange(self, connection: AbstractConnection, batch: list[Pending]) -> None:
+        task = asyncio.current_task()
+        if self.on_stall is not None and task is not None:
+            self._watch(task)
         try:
             if _closed_by_peer(connection):
                 await connection.disconnect(nowait=True)  # the write below reconnects
@@ -129,6 +149,31 @@ class AutoPipeline:
                 await connection.disconnect(nowait=True)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+        finally:
+            watchdog = self._watchdogs.pop(task, None) if task is not None else None
+            if watchdog is not None:
+                watchdog.cancel()
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        assert self.stall_after is not None
+        loop = asyncio.get_running_loop()
+        self._watchdogs[task] = loop.call_later(self.stall_after, self._stalled, task)
+
+    def _stalled(self, task: asyncio.Task[Any]) -> None:
+        if self._watchdogs.pop(task, None) is not None:
+            judging = asyncio.ensure_future(self._judge(task))
+            self._judging.add(judging)
+            judging.add_done_callback(self._judging.discard)
+
+    async def _judge(self, task: asyncio.Task[Any]) -> None:
+        assert self.on_stall is not None
+        reachable = await self.on_stall()
+        if task.done():
+            return
+        if reachable:
+            self._watch(task)  # a busy worker, or a slow command: keep waiting
+        else:
+            task.cancel()  # its commands fail now; the Store has marked Redis down
 
     def abandon(self) -> None:
         """Give up on every exchange under way (Redis is gone): their commands fail now

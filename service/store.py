@@ -6,12 +6,12 @@ Redis itself does, never by how busy this worker is:
 
 - A command whose connection the server closed (a Redis restart, an idle timeout) is sent
   once more on a new connection. Only when that fails too (refused, reset) is Redis down.
-- A command with no answer after REDIS_TIMEOUT_SECONDS asks the `Probe`: a PING on a
-  connection of its own, in a thread of its own, so that an event loop too busy to read
-  its replies (a burst of requests on a full CPU) does not make a healthy Redis look dead.
-  If Redis answers the probe, the command is waited for (up to REDIS_GIVE_UP_SECONDS, then
-  that one call fails open alone); if it does not, Redis is down, and every exchange still
-  waiting on it is abandoned at once.
+- A batch of commands with no answer after REDIS_TIMEOUT_SECONDS asks the `Probe`: a PING
+  on a connection of its own, in a thread of its own, so that an event loop too busy to
+  read its replies (a burst of requests on a full CPU) does not make a healthy Redis look
+  dead. If Redis answers the probe, the batch is waited for (up to REDIS_GIVE_UP_SECONDS);
+  if it does not, Redis is down, and every exchange still waiting on it is abandoned at
+  once. The watching is the pipeline's, one timer per batch (pipelining.py).
 - While Redis is down, calls fail open without waiting, except one at a time, which tries
   Redis for real: the first request after Redis is back finds it back, and from then on
   every request is enforced again. `/readyz` asks the probe directly.
@@ -19,10 +19,9 @@ Redis itself does, never by how busy this worker is:
 Each failure and each skip is counted in `chat_redis_errors_total{op}`; the log says when
 Redis goes away and when it is back, not once per request.
 
-The commands of a stream's life (rate check, slot, cache look-up; cache write, slot
-release) go through `execute`, `run_script` and `send`, which batch whatever one turn of
-the event loop issues into one round trip (pipelining.py). The rest (history, lease
-renewal) use redis-py's client directly, inside `call`.
+Every command goes through `execute`, `run_script`, `eval` or `send`, which batch whatever
+one turn of the event loop issues into one round trip (pipelining.py). redis-py's pool
+only provides the connections' settings (and `limits`' storage its own).
 """
 
 from __future__ import annotations
@@ -105,57 +104,6 @@ class Probe:
         self._client.close()
 
 
-UNREACHABLE, SLOW = "unreachable", "slow"
-
-
-class _Watch:
-    """Watches one command for `Store.timeout` without a task of its own (a timer on the
-    caller's `asyncio.timeout(None)`, which costs no more than a plain timeout): if the
-    command is still unanswered then, it asks the probe; while the probe finds Redis there,
-    it keeps waiting (up to `give_up`); if not, Redis is down and the command ends now."""
-
-    __slots__ = ("deadline", "started", "stopped", "store", "timer", "verdict")
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.deadline: asyncio.Timeout | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.started = 0.0
-        self.stopped = False
-        self.verdict: str | None = None
-
-    def start(self, deadline: asyncio.Timeout) -> None:
-        loop = asyncio.get_running_loop()
-        self.deadline = deadline
-        self.started = loop.time()
-        self.timer = loop.call_later(self.store.timeout, self._suspect)
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self.timer is not None:
-            self.timer.cancel()
-
-    def _suspect(self) -> None:
-        self.timer = None
-        if not self.stopped:
-            asyncio.ensure_future(self.store.probe.reachable()).add_done_callback(self._verdict)
-
-    def _verdict(self, probe: asyncio.Future[bool]) -> None:
-        if self.stopped or probe.cancelled():
-            return
-        loop = asyncio.get_running_loop()
-        assert self.deadline is not None
-        if not probe.result():
-            self.verdict = UNREACHABLE
-            self.store.lost_by_probe()
-            self.deadline.reschedule(loop.time())
-        elif loop.time() - self.started > self.store.give_up:
-            self.verdict = SLOW
-            self.deadline.reschedule(loop.time())
-        else:
-            self.timer = loop.call_later(self.store.timeout, self._suspect)
-
-
 class Script:
     """A Lua script run by its SHA1, with its source sent instead when Redis lacks it
     (after a restart or SCRIPT FLUSH); Redis then keeps it for the next EVALSHA."""
@@ -189,8 +137,13 @@ class Store:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=self.pool)
-        self.pipeline = AutoPipeline(self.pool, PIPELINE_CONNECTIONS, give_up)
+        self.pipeline = AutoPipeline(
+            self.pool,
+            PIPELINE_CONNECTIONS,
+            give_up,
+            stall_after=timeout,
+            on_stall=self._stalled,
+        )
         self.probe = Probe(url, timeout)
         self._down = False
         self._trying = False  # while down: one call at a time tries Redis for real
@@ -212,9 +165,8 @@ class Store:
         except Unreachable as exc:
             self._lost(op, exc.__cause__ or exc)
             return fallback
-        except (RedisError, OSError, TimeoutError) as exc:
-            # Redis is there, but this command failed (an error reply, or no answer within
-            # `give_up`): this call fails open alone.
+        except (RedisError, OSError) as exc:
+            # Redis is there, but this command failed (an error reply): it fails open alone.
             metrics.redis_errors.labels(op).inc()
             log.warning("redis command failed", op=op, error=type(exc).__name__)
             return fallback
@@ -226,23 +178,20 @@ class Store:
 
     async def _answer(self, action: Callable[[], Awaitable[T]]) -> T:
         for attempt in (1, 2):
-            watch = _Watch(self)
             try:
-                async with asyncio.timeout(None) as deadline:
-                    watch.start(deadline)
-                    try:
-                        return await action()
-                    finally:
-                        watch.stop()
-            except TimeoutError:
-                if watch.verdict == UNREACHABLE:
-                    raise Unreachable("no answer to the probe") from None
-                raise  # reachable, but no answer to this command: it fails alone
+                return await action()
             except (ConnectionError, ConnectionResetError, BrokenPipeError) as exc:
                 if attempt == 2 or self._down:
                     raise Unreachable("no connection") from exc
                 # A connection the server closed while it sat idle: once more, on a new one.
         raise AssertionError("unreachable")
+
+    async def _stalled(self) -> bool:
+        """A batch has waited `timeout` for its answer: is Redis there at all?"""
+        if await self.probe.reachable():
+            return True
+        self.lost_by_probe()
+        return False
 
     async def execute(self, op: str, *command: Any, fallback: T) -> Any:
         """One command, sent with whatever else this turn of the event loop sends; its raw
@@ -330,6 +279,5 @@ class Store:
 
     async def aclose(self) -> None:
         await self.pipeline.aclose()
-        await self.redis.aclose()
         await self.pool.disconnect()
         self.probe.close()

@@ -71,6 +71,53 @@ connections_refused = Counter(
     ["reason"],
 )
 redis_errors = Counter("chat_redis_errors", "Failed Redis operations, by operation.", ["op"])
+# The label values each metric can take, made present (at 0) when a worker starts: a
+# dashboard then sees "none yet" as 0 rather than as no data, and a test can tell a count
+# of nothing from a metric that is not there.
+KNOWN_LABELS: dict[Counter | Histogram, tuple[str, ...]] = {
+    rate_limited: ("rate", "streams", "ip"),
+    cache_requests: ("hit", "miss"),
+    auth_failures: (
+        "missing",
+        "malformed",
+        "oversized",
+        "algorithm",
+        "signature",
+        "expired",
+        "not_yet_valid",
+        "no_sub",
+        "audience",
+        "issuer",
+        "unknown_key",
+        "keys_unavailable",
+    ),
+    backend_streams: ("demo", "openai"),
+    backend_errors: (
+        "upstream_error",
+        "upstream_refused",
+        "upstream_rate_limited",
+        "upstream_unavailable",
+        "upstream_timeout",
+        "upstream_interrupted",
+    ),
+    redis_errors: (
+        "rate_limit",
+        "stream_slot",
+        "cache_get",
+        "cache_put",
+        "cache_lock",
+        "history",
+        "ping",
+        "probe",
+    ),
+    stream_events: ("start", "thinking", "content", "done", "error"),
+    stream_duration: ("done", "disconnected", "error", "shutdown"),
+    connections_refused: ("header_timeout", "header_size", "max_connections"),
+}
+for _metric, _values in KNOWN_LABELS.items():
+    for _value in _values:
+        _metric.labels(_value)
+
 build_info = Gauge(
     "chat_build_info", "Always 1; the version is a label.", ["version"], multiprocess_mode="max"
 )

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from playwright.sync_api import Locator, Page, expect
 
+from tests.support import metrics as support_metrics
 from tests.support.service import Service
 from tests.support.tokens import make_token
 
@@ -108,11 +108,7 @@ def fresh_token() -> str:
 
 def metric(service: Service, name: str) -> float:
     """The value of an unlabelled metric from /metrics (summed over workers by the service)."""
-    text = httpx.get(f"{service.url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(f"{name} ") or line.startswith(f"{name}{{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"{name} not in /metrics")
+    return support_metrics.metric(service.url, name)
 
 
 def sse_body(*events: tuple[str, Any], newline: str = "\n") -> bytes:

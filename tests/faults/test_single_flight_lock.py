@@ -1,7 +1,9 @@
 """The single-flight lock: owned by a token, deleted only by its holder, and taken down
-soon after its holder dies (its worker's heartbeat stops). Before, the lock was a bare '1' that lived 120 s and was deleted by anyone: a
-SIGKILLed leader left identical requests waiting two minutes, and a leader that outlived
-its lock deleted the next leader's."""
+soon after its holder dies (its worker's heartbeat stops).
+
+Before, the lock was a bare '1' that lived 120 s and was deleted by anyone: a SIGKILLed
+leader left identical requests waiting two minutes, and a leader that outlived its lock
+deleted the next leader's."""
 
 from __future__ import annotations
 

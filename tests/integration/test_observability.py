@@ -4,31 +4,16 @@ counted back to zero after a disconnect."""
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import httpx
 
+from tests.support.metrics import metric, wait_for_metric
 from tests.support.service import Service, running_service
 from tests.support.sse import read_stream, stream_chat
 from tests.support.tokens import bearer, make_token
 
 SECRET_MESSAGE = "my-private-message-text-4242"
-
-
-def _metric(text: str, name: str, labels: str = "") -> float:
-    pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$", re.M)
-    match = pattern.search(text)
-    return float(match.group(1)) if match else 0.0
-
-
-def _wait_for_metric(service: Service, name: str, value: float, timeout: float = 5.0) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = _metric(httpx.get(f"{service.url}/metrics").text, name)
-        if current == value or time.monotonic() > deadline:
-            return current
-        time.sleep(0.05)  # polling a gauge another process updates; no event to await
 
 
 def test_every_stdout_line_is_json_with_the_contract_keys(
@@ -67,31 +52,29 @@ def test_every_stdout_line_is_json_with_the_contract_keys(
     assert token.split(".")[2] not in everything
 
 
-def test_metrics_count_the_same_total_whichever_worker_answers(service: Service) -> None:
-    before = _metric(
-        httpx.get(f"{service.url}/metrics").text,
-        "chat_http_requests_total",
-        '{method="GET",route="/healthz",status="200"}',
-    )
-    for _ in range(20):  # a fresh connection each: the kernel spreads them over workers
-        httpx.get(f"{service.url}/healthz")
-    scrapes = []
-    for _ in range(6):
-        text = httpx.get(f"{service.url}/metrics").text
-        scrapes.append(
-            _metric(
-                text, "chat_http_requests_total", '{method="GET",route="/healthz",status="200"}'
-            )
-        )
-
-    assert all(value >= before + 20 for value in scrapes)
-    assert len(set(scrapes)) == 1
-    assert "chat_build_info" in text
+def test_metrics_count_the_same_total_whichever_worker_answers() -> None:
+    """Each worker counts its own requests; every scrape, whichever worker answers it,
+    sums them all. Proven by making each worker serve alone in turn."""
+    healthz = '{method="GET",route="/healthz",status="200"}'
+    with running_service(workers=2) as svc:
+        workers = sorted(svc.worker_pids())
+        assert len(workers) == 2
+        for pid, count in zip(workers, (7, 13), strict=True):
+            with svc.served_by(pid):
+                for _ in range(count):
+                    assert httpx.get(f"{svc.url}/healthz").status_code == 200
+        scrapes = []
+        for pid in workers:  # a scrape answered by each worker
+            with svc.served_by(pid):
+                scrapes.append(metric(svc.url, "chat_http_requests_total", healthz))
+        text = httpx.get(f"{svc.url}/metrics").text
+    assert scrapes == [20.0, 20.0]
     assert 'route="/healthz"' in text and "/chat/hi" not in text
 
 
 def test_a_disconnect_brings_active_streams_back_to_zero() -> None:
     with running_service({"CHAT_DEMO_DELAY_SCALE": "1"}, workers=2) as svc:
+        assert metric(svc.url, "chat_streams_active") == 0.0
         with (
             httpx.Client(base_url=svc.url, timeout=30) as http,
             http.stream("GET", "/chat/hello", headers=bearer()) as response,
@@ -99,10 +82,10 @@ def test_a_disconnect_brings_active_streams_back_to_zero() -> None:
             chunks = response.iter_raw()
             stream = read_stream(response, time.monotonic(), limit=2, chunks=chunks)
             assert stream.names == ["start", "thinking"]
-            assert _metric(httpx.get(f"{svc.url}/metrics").text, "chat_streams_active") == 1.0
+            assert metric(svc.url, "chat_streams_active") == 1.0
         # The client is gone; the server must notice, cancel, and count the stream closed.
         svc.wait_for_outcome("disconnected")
-        assert _wait_for_metric(svc, "chat_streams_active", 0.0) == 0.0
+        wait_for_metric(svc.url, "chat_streams_active", 0.0, timeout=5)
 
 
 def test_log_lines_are_json_for_gunicorn_and_uvicorn_too(service: Service) -> None:

@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 
 from service.pipelining import AutoPipeline
 from service.store import Script, Store
+from tests.support.latency_proxy import latency_proxy
 from tests.support.redis import RedisServer, running_redis
 
 T = TypeVar("T")
@@ -48,14 +49,24 @@ def _get(url: str, key: str) -> Any:
 
 
 def test_one_loop_turn_goes_in_one_write_on_one_connection(redis: RedisServer) -> None:
-    async def body(store: Store) -> tuple[list[Any], int]:
+    """Through a proxy that delays every write by 50 ms, 200 commands of one loop turn take
+    about one delay (plus the connection's own set-up), where 200 round trips would take
+    ten seconds: they went together."""
+    delay = 0.05
+
+    async def body(store: Store) -> tuple[list[Any], float, int]:
+        assert await store.execute("test", "PING", fallback=None) == b"PONG"  # connected
+        started = time.monotonic()
         replies = await asyncio.gather(
             *(store.execute("test", "INCR", "counter", fallback=None) for _ in range(200))
         )
-        return replies, _clients(redis.url) - 1  # less the one asking
+        took = time.monotonic() - started
+        return replies, took, _clients(redis.url) - 1  # less the one asking
 
-    replies, connections = _with_store(redis.url, body)
+    with latency_proxy(redis.port, delay) as proxy:
+        replies, took, connections = _with_store(f"redis://127.0.0.1:{proxy.port}/0", body)
     assert replies == list(range(1, 201))  # each command got its own reply, in order
+    assert delay <= took < 3 * delay, took
     assert connections == 1
 
 

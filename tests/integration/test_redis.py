@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import signal
 import threading
 import time
@@ -18,6 +17,7 @@ import httpx
 import pytest
 import redis as sync_redis
 
+from tests.support.metrics import metric
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import Service, running_service
 from tests.support.sse import Stream, read_stream, stream_chat
@@ -31,9 +31,7 @@ def redis() -> Iterator[RedisServer]:
 
 
 def _metric(service: Service, name: str, labels: str = "") -> float:
-    text = httpx.get(f"{service.url}/metrics").text
-    match = re.search(rf"^{re.escape(name + labels)} ([0-9.e+-]+)$", text, re.M)
-    return float(match.group(1)) if match else 0.0
+    return metric(service.url, name, labels)
 
 
 def _fresh_get(service: Service, path: str, **kwargs: object) -> Stream:
@@ -46,7 +44,11 @@ def test_rate_limit_is_counted_across_workers_and_per_user(redis: RedisServer) -
     env = {"CHAT_REDIS_URL": redis.url, "CHAT_RATE_LIMIT": "5/minute"}
     with running_service(env, workers=2) as svc:
         alice = bearer(make_token(sub="alice"))
-        results = [_fresh_get(svc, "/chat/hi", headers=alice) for _ in range(12)]
+        workers = sorted(svc.worker_pids())
+        results = []
+        for n in range(12):  # each worker in turn: per-worker counting would allow 10
+            with svc.served_by(workers[n % 2]):
+                results.append(_fresh_get(svc, "/chat/hi", headers=alice))
 
         statuses = [r.status for r in results]
         # Per-worker memory would let up to 10 through; one Redis budget lets exactly 5.
@@ -234,16 +236,21 @@ def test_identical_requests_that_miss_together_generate_once(redis: RedisServer)
 def _traffic(
     svc: Service, stop: threading.Event, failures: list[str], count: list[int], user: str
 ) -> None:
+    """Stream until told to stop. Every failure is recorded, exceptions included: a thread
+    that died silently would otherwise leave `failures` empty and the test green."""
     # One user per thread: four threads of one user would meet the open-stream cap (3).
     headers = bearer(make_token(sub=user))
-    with httpx.Client(base_url=svc.url, timeout=10) as http:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            stream = stream_chat(http, "GET", f"/chat/traffic-{n}", headers=headers)
-            if stream.status != 200 or stream.names[-1] != "done":
-                failures.append(f"{stream.status} {stream.names[-1:]}")
-            count[0] += 1
+    try:
+        with httpx.Client(base_url=svc.url, timeout=10) as http:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                stream = stream_chat(http, "GET", f"/chat/traffic-{n}", headers=headers)
+                if stream.status != 200 or stream.names[-1:] != ["done"]:
+                    failures.append(f"{stream.status} {stream.names[-1:]}")
+                count[0] += 1
+    except Exception as exc:
+        failures.append(f"{user}: {type(exc).__name__}: {exc}")
 
 
 def test_redis_killed_under_traffic_then_restarted(redis: RedisServer) -> None:
@@ -261,15 +268,23 @@ def test_redis_killed_under_traffic_then_restarted(redis: RedisServer) -> None:
             redis.kill()
             down = httpx.get(f"{svc.url}/readyz")
             served_while_down = count[0]
-            while count[0] < served_while_down + 40:
+            deadline = time.monotonic() + 20
+            while count[0] < served_while_down + 40 and time.monotonic() < deadline:
                 time.sleep(0.05)  # let traffic run against the dead Redis
+            during = count[0] - served_while_down
             redis.start()
             recovered = _wait_ready(svc)
+            served_after = count[0]
+            while count[0] < served_after + 20 and time.monotonic() < deadline + 10:
+                time.sleep(0.05)  # and some after it is back
+            after = count[0] - served_after
         finally:
             stop.set()
             for worker in workers:
                 worker.join(30)
 
+    assert not [w for w in workers if w.is_alive()]
+    assert during >= 40 and after >= 20, (during, after)
     assert down.status_code == 503
     assert "redis" in down.json()["detail"]
     assert recovered
@@ -298,7 +313,7 @@ def test_limits_are_enforced_again_after_redis_returns(redis: RedisServer) -> No
         )
         redis.start()
         assert _wait_ready(svc)
-        time.sleep(1.1)  # past the fail-open pause, which is a fixed 1 s by design
+        # At once: no pause after Redis returns, in which limits would still be off.
         statuses = [_fresh_get(svc, "/chat/x", headers=bearer(token)).status for _ in range(5)]
     assert statuses == [200, 200, 200, 429, 429]
 
@@ -312,14 +327,18 @@ def test_a_frozen_redis_does_not_stall_open_streams_or_new_ones(redis: RedisServ
     }
     with running_service(env, workers=2) as svc:
         results: list[Stream] = []
+        errors: list[str] = []
         opened = threading.Barrier(3)
 
         def one(path: str) -> None:
-            with httpx.Client(base_url=svc.url, timeout=30) as http:
-                started = time.monotonic()
-                with http.stream("GET", path, headers=bearer()) as response:
-                    opened.wait(10)
-                    results.append(read_stream(response, started))
+            try:
+                with httpx.Client(base_url=svc.url, timeout=30) as http:
+                    started = time.monotonic()
+                    with http.stream("GET", path, headers=bearer()) as response:
+                        opened.wait(10)
+                        results.append(read_stream(response, started))
+            except Exception as exc:
+                errors.append(f"{path}: {type(exc).__name__}: {exc}")
 
         threads = [threading.Thread(target=one, args=(f"/chat/frozen-{i}",)) for i in range(2)]
         for thread in threads:
@@ -335,8 +354,10 @@ def test_a_frozen_redis_does_not_stall_open_streams_or_new_ones(redis: RedisServ
         finally:
             redis.thaw()
 
+    assert errors == []
+    assert len(results) == 2  # both open streams were read to their end
     assert during.status == 200 and during.names[-1] == "done"
-    # A new stream pays at most the Redis timeout per call before failing open.
+    # A new stream pays at most the Redis timeout and the probe's before failing open.
     assert new_first_event < 1.0
     for stream in results:
         assert stream.names[-1] == "done"
@@ -354,8 +375,9 @@ def test_conversations_live_in_redis_across_workers_and_keep_the_last_turns(
     env = {"CHAT_REDIS_URL": redis.url, "CHAT_HISTORY_TURNS": "2"}
     token = make_token(sub="historian")
     with running_service(env, workers=2) as svc:
-        for n in range(3):  # fresh connections: the turns land on both workers
-            with httpx.Client(base_url=svc.url, timeout=30) as http:
+        workers = sorted(svc.worker_pids())
+        for n in range(3):  # the turns land on both workers in turn
+            with svc.served_by(workers[n % 2]), httpx.Client(base_url=svc.url, timeout=30) as http:
                 stream = stream_chat(
                     http,
                     "POST",
