@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from playwright.sync_api import expect
 
-from service.backends.demo import THINKING_STEPS, reply_for
+from tests.support.demo_text import THINKING, demo_reply
 from tests.support.service import Service
 
 from .chat_page import metric
@@ -59,17 +59,19 @@ def test_enter_sends_and_the_reply_streams_thinking_then_text(open_chat: OpenCha
     expect(page.locator("#stopButton")).to_be_visible()
     # While waiting, the thinking section names the current step, and the cursor blinks.
     expect(chat.reply.locator(".thinking summary")).to_have_text(
-        re.compile("|".join(map(re.escape, THINKING_STEPS)))
+        re.compile("|".join(map(re.escape, THINKING)))
     )
     expect(chat.reply.locator(".cursor")).to_have_count(1)
     expect(chat.reply.locator(".content")).to_contain_text("You said:")
 
     reply = chat.wait_for_reply()
-    expect(reply.locator(".content")).to_have_text(reply_for("hello there"))
+    expect(reply.locator(".content")).to_have_text(
+        "You said: hello there. This is a complete AI chat demo, with streaming output!"
+    )
     expect(reply.locator(".cursor")).to_have_count(0)
     expect(reply.locator(".thinking summary")).to_have_text("Thought in 4 steps")
     expect(reply.locator(".thinking")).not_to_have_attribute("open", "")
-    expect(reply.locator(".thinking li")).to_have_text(list(THINKING_STEPS))
+    expect(reply.locator(".thinking li")).to_have_text(THINKING)
     expect(page.locator("#sendButton")).to_be_enabled()
     expect(page.locator("#stopButton")).to_be_hidden()
     assert page.evaluate("window.timeline") == ["thinking"] * 4 + ["content"]
@@ -118,7 +120,7 @@ def test_stop_aborts_the_reply_and_the_server_sees_the_disconnect(
     expect(chat.page.locator("#sendButton")).to_be_enabled()
     expect(chat.page.locator("#stopButton")).to_be_hidden()
     shown = chat.reply.locator(".content").inner_text()
-    assert 0 < len(shown) < len(reply_for(message))
+    assert 0 < len(shown) < len(demo_reply(message))
     wait_until(lambda: metric(e2e_service, "chat_streams_active") == 0, "the stream to close")
     e2e_service.wait_for(
         lambda lines: count_disconnects(lines) > disconnects_before,

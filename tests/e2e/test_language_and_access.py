@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from service.backends.demo import reply_for
+from tests.support.demo_text import demo_reply
 
 from .chat_page import PHONE
 from .conftest import OpenChat
@@ -29,8 +29,8 @@ def test_the_ui_is_chinese_under_a_zh_cn_locale(open_chat: OpenChat) -> None:
     expect(page.locator("#stopButton")).to_have_text("停止")
     reply = chat.wait_for_reply()
     expect(reply.locator(".thinking summary")).to_have_text("思考了 4 步")
-    expect(reply.locator(".content")).to_have_text(reply_for("你好"))
-    expect(page.locator("#announcer")).to_have_text("回复：" + reply_for("你好"))
+    expect(reply.locator(".content")).to_have_text(demo_reply("你好"))
+    expect(page.locator("#announcer")).to_have_text("回复：" + demo_reply("你好"))
     chat.screenshot("phone-zh-reply")
 
 
@@ -62,7 +62,7 @@ def test_controls_are_named_for_screen_readers_and_the_finished_reply_is_announc
     expect(announcer).to_have_text("")  # nothing read out character by character
     chat.wait_for_reply()
 
-    expect(announcer).to_have_text("Reply: " + reply_for("announce me"))
+    expect(announcer).to_have_text("Reply: " + demo_reply("announce me"))
     expect(page.get_by_role("article", name="You")).to_have_text("announce me")
     expect(page.get_by_role("article", name="Assistant").last).to_contain_text("You said")
 

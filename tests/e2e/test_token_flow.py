@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from service.backends.demo import reply_for
+from tests.support.demo_text import demo_reply
 
 from .chat_page import fresh_token
 from .conftest import OpenChat
@@ -30,7 +30,7 @@ def test_a_refused_token_brings_up_the_dialog_and_a_good_one_sends_the_message(
 
     expect(dialog).to_be_hidden()
     reply = chat.wait_for_reply()
-    expect(reply.locator(".content")).to_have_text(reply_for("hello after a 401"))
+    expect(reply.locator(".content")).to_have_text(demo_reply("hello after a 401"))
     expect(reply.locator(".error-text")).to_have_count(0)
     expect(page.locator(".message.user")).to_have_count(1)  # resent, not sent twice
     assert page.evaluate("sessionStorage.getItem('chat-service.token')") == good

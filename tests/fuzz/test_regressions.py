@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import httpx
 
-from service.backends.demo import reply_for
 from tests.support.sse import stream_chat
 from tests.support.tokens import bearer
 
@@ -21,14 +20,17 @@ def test_a_get_message_with_a_line_break_is_streamed_like_any_other(client: http
 
     assert stream.status == 200, stream.raw
     assert stream.names[-1] == "done"
-    assert stream.text == reply_for("line\none")
+    assert (
+        stream.text
+        == "You said: line\none. This is a complete AI chat demo, with streaming output!"
+    )
 
 
 def test_get_chat_keeps_a_trailing_line_break(client: httpx.Client) -> None:
     stream = stream_chat(client, "GET", "/chat/two%0A", headers=bearer())
 
     assert stream.status == 200, stream.raw
-    assert stream.text == reply_for("two\n")
+    assert stream.text == "You said: two\n. This is a complete AI chat demo, with streaming output!"
 
 
 def test_the_openapi_schema_documents_the_plain_text_answer_of_get_root(

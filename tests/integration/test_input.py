@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+
 import httpx
 import pytest
 
+from tests.support.service import Service
 from tests.support.tokens import bearer
 
 
@@ -81,29 +84,45 @@ def test_a_body_that_is_not_json_gets_415(client: httpx.Client, content_type: st
     assert _detail(response)
 
 
-def test_an_oversized_body_gets_413_from_its_declared_length(client: httpx.Client) -> None:
-    response = client.post(
-        "/chat",
-        content=b"{" + b" " * 70_000 + b"}",
-        headers={**bearer(), "Content-Type": "application/json"},
-    )
-
-    assert response.status_code == 413
-    assert _detail(response)
+def _post_head(extra: str) -> bytes:
+    return (
+        f"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: {bearer()['Authorization']}\r\n{extra}\r\n"
+    ).encode()
 
 
-def test_an_oversized_chunked_body_gets_413_before_it_is_read_whole(client: httpx.Client) -> None:
-    def chunks():  # no Content-Length: the service must count as it reads
-        yield b'{"message": "'
-        for _ in range(200):
-            yield b"x" * 1024
-        yield b'"}'
+def _answer(sock: socket.socket) -> bytes:
+    """What the server sends, read until the head and its JSON body are in."""
+    sock.settimeout(5)  # a server waiting for the rest of the body would never answer
+    received = b""
+    while b"}" not in received.partition(b"\r\n\r\n")[2]:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
 
-    response = client.post(
-        "/chat", content=chunks(), headers={**bearer(), "Content-Type": "application/json"}
-    )
 
-    assert response.status_code == 413
+def test_an_oversized_body_gets_413_from_its_declared_length(service: Service) -> None:
+    """Only the head and a few bytes are sent: the answer comes from the declared length,
+    before any more of the body (which never comes) could be read."""
+    with socket.create_connection(("127.0.0.1", service.port)) as sock:
+        sock.sendall(_post_head("Content-Length: 10000000\r\n") + b'{"message": "')
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"detail"' in answer
+
+
+def test_an_oversized_chunked_body_gets_413_before_it_is_read_whole(service: Service) -> None:
+    """No length declared: the service counts as it reads, and answers once past the bound,
+    while the body has not ended (its last chunk is never sent)."""
+    with socket.create_connection(("127.0.0.1", service.port)) as sock:
+        sock.sendall(_post_head("Transfer-Encoding: chunked\r\n"))
+        for _ in range(70):
+            sock.sendall(b"400\r\n" + b"x" * 1024 + b"\r\n")
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b'"detail"' in answer
 
 
 def test_unknown_routes_and_methods_are_json(client: httpx.Client) -> None:

@@ -9,6 +9,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.support.service import Service, running_service
 from tests.support.sse import Stream, stream_chat
@@ -26,12 +27,17 @@ def _stream_in_background(url: str, result: list[Stream]) -> threading.Thread:
 
 
 def _sigterm_during_a_stream(svc: Service) -> Stream:
-    """Open a stream, SIGTERM gunicorn while it is open, and return what the client read."""
+    """Open a stream, SIGTERM gunicorn while it is open, and return what the client read.
+    Meanwhile, once the worker stops accepting, a new connection must be refused."""
     result: list[Stream] = []
     thread = _stream_in_background(svc.url, result)
     # Wait until the stream is really open: the gauge is written as it starts.
     _wait_open(svc.url)
     svc.proc.send_signal(signal.SIGTERM)
+    svc.wait_for_event("Waiting for connections to close")
+    assert thread.is_alive()  # the stream is still draining...
+    with pytest.raises(ConnectionRefusedError):  # ...and nobody new gets in
+        socket.create_connection(("127.0.0.1", svc.port), timeout=5)
     thread.join(30)
     assert svc.proc.wait(30) == 0
     (stream,) = result

@@ -1,4 +1,8 @@
-"""The SSE stream over real HTTP: event order and fields, ids, headers, text, pacing."""
+"""The SSE stream over real HTTP: event order and fields, ids, headers, text, pacing.
+
+The demo's words are written out here, not imported from the code under test: a changed
+reply must turn these red, not change what they expect.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from service.backends.demo import THINKING_STEPS, reply_for
+from tests.support.demo_text import THINKING, demo_reply
 from tests.support.service import running_service
 from tests.support.sse import stream_chat
 from tests.support.tokens import bearer
@@ -24,10 +28,10 @@ def test_events_come_in_the_contract_order_with_ids_and_fields(client: httpx.Cli
     assert set(names[5:-1]) == {"content"}
     assert [e.id for e in stream.events] == [str(i) for i in range(1, len(names) + 1)]
     assert "message" in stream.events[0].data
-    assert [e.data["step"] for e in stream.events[1:5]] == list(THINKING_STEPS)
-    assert "reason" in stream.events[-1].data
-    assert stream.text == reply_for("hello")
-    assert stream.text.startswith("You said: hello.")
+    assert [e.data["step"] for e in stream.events[1:5]] == THINKING
+    assert stream.events[0].data["message"] == "connected"
+    assert stream.events[-1].data["reason"] == "complete"
+    assert stream.text == "You said: hello. This is a complete AI chat demo, with streaming output!"
 
 
 def test_wire_format_is_exact(client: httpx.Client) -> None:
@@ -63,8 +67,8 @@ def test_chinese_and_emoji_come_back_intact_by_get_and_post(
     by_get = stream_chat(client, "GET", f"/chat/{quote(message)}", headers=bearer())
     by_post = stream_chat(client, "POST", "/chat", json={"message": message}, headers=bearer())
 
-    assert by_get.text == reply_for(message)
-    assert by_post.text == reply_for(message)
+    assert by_get.text == demo_reply(message)
+    assert by_post.text == demo_reply(message)
     assert b"\\u" not in by_post.raw  # raw UTF-8 on the wire, not \\u escapes
     assert message[0].encode() in by_post.raw
 
