@@ -144,3 +144,20 @@ def _hs256_with_key(public_pem: str) -> str:
     signing_input = f"{header}.{payload}".encode()
     signature = hmac.new(public_pem.encode(), signing_input, hashlib.sha256).digest()
     return f"{header}.{payload}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def test_an_unreachable_jwks_is_503_not_401() -> None:
+    """The provider being away is not the token's fault: 503, so clients retry rather than
+    sign their users out."""
+    env = {
+        "CHAT_JWT_SECRET": "",
+        "CHAT_JWT_ALGORITHMS": "RS256",
+        "CHAT_JWT_JWKS_URL": "http://127.0.0.1:9/jwks",
+    }
+    token = jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, "k" * 40, algorithm="HS256")
+    header = _b64({"alg": "RS256", "typ": "JWT", "kid": "k1"})
+    token = ".".join([header, *token.split(".")[1:]])
+    with running_service(env, workers=1) as svc, httpx.Client(base_url=svc.url) as http:
+        response = http.get("/chat/hi", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 503
+    assert "unavailable" in response.json()["detail"]

@@ -147,3 +147,21 @@ def test_many_streams_of_one_conversation_at_once_keep_every_turn(
             history = http.get("/conversations/shared", headers=bearer(token)).json()
     users = sorted(m["content"] for m in history["messages"] if m["role"] == "user")
     assert users == [f"parallel {n}" for n in range(4)]
+
+
+def test_a_conversation_left_alone_expires_after_the_history_ttl(
+    store: RedisServer | None,
+) -> None:
+    token = make_token(sub="forgetful")
+    with running_service(_env(store, CHAT_HISTORY_TTL="1"), workers=_workers(store)) as svc:
+        assert _post(svc, token, "remember me", "brief").names[-1] == "done"
+        with httpx.Client(base_url=svc.url) as http:
+            assert http.get("/conversations/brief", headers=bearer(token)).status_code == 200
+            if store is not None:  # every key it made carries the TTL
+                direct = sync_redis.Redis.from_url(store.url)
+                keys = direct.keys("chat:*conv*")
+                assert len(keys) >= 3
+                assert all(0 < direct.pttl(key) <= 1000 for key in keys)
+            time.sleep(1.2)  # the store's own clock is what is under test
+            assert http.get("/conversations/brief", headers=bearer(token)).status_code == 404
+            assert http.get("/conversations", headers=bearer(token)).json()["conversations"] == []

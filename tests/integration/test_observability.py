@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from tests.support.metrics import metric, wait_for_metric
+from tests.support.metrics import metric, scrape, wait_for_metric
 from tests.support.service import Service, running_service
 from tests.support.sse import read_stream, stream_chat
 from tests.support.tokens import bearer, make_token
@@ -108,3 +108,46 @@ def test_metrics_port_serves_metrics_only_and_the_main_port_hides_them() -> None
         assert "chat_build_info" in scraped.text
         assert httpx.get(f"{metrics_url}/healthz").status_code == 404
         assert httpx.get(f"{metrics_url}/chat/hi", headers=bearer()).status_code == 404
+
+
+def test_a_stream_is_counted_in_every_stream_metric() -> None:
+    """Each name the contract fixes for dashboards moves when a stream runs."""
+    with running_service(workers=1) as svc:
+        url = svc.url
+        before = scrape(url)
+        with httpx.Client(base_url=url, timeout=30) as http:
+            stream = stream_chat(http, "GET", "/chat/count-me", headers=bearer())
+        svc.wait_for_outcome("done")
+        after = scrape(url)
+
+    def moved(sample: str) -> float:
+        return after[sample] - before.get(sample, 0.0)
+
+    contents = stream.names.count("content")
+    assert moved('chat_stream_events_total{event="content"}') == contents
+    assert moved('chat_stream_events_total{event="start"}') == 1
+    assert moved('chat_stream_events_total{event="done"}') == 1
+    assert moved('chat_stream_duration_seconds_count{outcome="done"}') == 1
+    assert moved("chat_time_to_first_token_seconds_count") == 1
+    assert moved('chat_cache_requests_total{result="miss"}') == 1
+    assert moved('chat_backend_streams_total{backend="demo"}') == 1
+    route = 'method="GET",route="/chat/{message}"'
+    assert moved(f"chat_http_request_duration_seconds_count{{{route}}}") == 1
+    assert moved(f'chat_http_requests_total{{{route},status="200"}}') == 1
+    assert after["chat_streams_active"] == 0
+    assert after['chat_build_info{version="0.1.0"}'] == 1
+
+
+def test_console_logs_are_lines_for_humans_without_secrets() -> None:
+    token = make_token(sub="console-user")
+    with running_service({"CHAT_LOG_FORMAT": "console"}, workers=1) as svc:
+        with httpx.Client(base_url=svc.url, timeout=30) as http:
+            stream_chat(http, "GET", f"/chat/{SECRET_MESSAGE}", headers=bearer(token))
+            http.get("/chat/x", headers={"Authorization": f"Bearer {token}x"})
+        svc.wait_for_event("console-user", count=1)
+        lines = list(svc.lines)
+    text = "\n".join(lines)
+    assert not any(line.startswith("{") for line in lines if line)  # not JSON
+    assert "stream finished" in text and "console-user" in text
+    assert SECRET_MESSAGE not in text
+    assert token.split(".")[2] not in text

@@ -6,11 +6,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.fake_openai import LEAK, FakeOpenAI, running_fake_openai
+from tests.support.metrics import metric
 from tests.support.service import Service, running_service
 from tests.support.sse import read_stream, stream_chat
 from tests.support.tokens import bearer, make_token
@@ -254,3 +256,57 @@ def test_with_user_scope_a_cached_reply_is_only_replayed_to_its_user(upstream: F
         caches = [_post(http, message, token).headers["x-cache"] for token in (alice, bob, alice)]
     assert caches == ["MISS", "MISS", "HIT"]
     assert upstream.attempts[message] == 2
+
+
+@pytest.mark.parametrize(
+    ("scenario", "status", "code", "attempts"),
+    [
+        ("status-503", 503, "upstream_unavailable", 3),  # retried: CHAT_OPENAI_RETRIES=2
+        ("status-429", 503, "upstream_rate_limited", 3),
+        ("status-401", 502, "upstream_refused", 1),  # never retried: it will not pass
+        ("status-400", 502, "upstream_error", 1),
+    ],
+)
+def test_retries_are_bounded_and_only_for_what_may_pass(
+    http: httpx.Client, upstream: FakeOpenAI, scenario: str, status: int, code: str, attempts: int
+) -> None:
+    message = f"{scenario} {uuid.uuid4()}"
+    response = http.post("/chat", json={"message": message}, headers=bearer())
+    assert (response.status_code, response.json()["code"]) == (status, code)
+    assert upstream.attempts[message] == attempts
+
+
+def test_an_upstream_that_never_answers_is_504_after_its_retries(upstream: FakeOpenAI) -> None:
+    env = {
+        "CHAT_BACKEND": "openai",
+        "CHAT_OPENAI_BASE_URL": upstream.base_url,
+        "CHAT_OPENAI_MODEL": "test-model",
+        "CHAT_OPENAI_IDLE_TIMEOUT": "0.5",  # slowstart answers after 3 s
+        "CHAT_OPENAI_RETRIES": "1",
+    }
+    message = f"slowstart {uuid.uuid4()}"
+    with running_service(env, workers=1) as svc, httpx.Client(base_url=svc.url, timeout=30) as http:
+        started = time.monotonic()
+        response = http.post("/chat", json={"message": message}, headers=bearer())
+        took = time.monotonic() - started
+        errors = metric(svc.url, "chat_backend_errors_total", '{kind="upstream_timeout"}')
+    assert (response.status_code, response.json()["code"]) == (504, "upstream_timeout")
+    assert upstream.attempts[message] == 2
+    assert took < 2 * 0.5 + 0.25 + 1.0  # two idle timeouts and one pause, not 3 s each
+    assert errors == 1
+
+
+def test_the_api_key_can_come_from_a_file(upstream: FakeOpenAI, tmp_path: Path) -> None:
+    key_file = tmp_path / "openai-key"
+    key_file.write_text("sk-from-a-file-8814\n")
+    env = {
+        "CHAT_BACKEND": "openai",
+        "CHAT_OPENAI_BASE_URL": upstream.base_url,
+        "CHAT_OPENAI_MODEL": "test-model",
+        "CHAT_OPENAI_API_KEY_FILE": str(key_file),
+    }
+    message = f"normal {uuid.uuid4()}"
+    with running_service(env, workers=1) as svc, httpx.Client(base_url=svc.url) as http:
+        assert _post(http, message).names[-1] == "done"
+    seen = next(r for r in upstream.requests if r.body["messages"][-1]["content"] == message)
+    assert seen.headers["authorization"] == "Bearer sk-from-a-file-8814"

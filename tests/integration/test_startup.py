@@ -144,3 +144,44 @@ def test_token_command_prints_a_token_the_service_accepts() -> None:
             )
     assert stream.status == 200
     assert any(r.get("user") == "bob" for r in svc.records())
+
+
+def test_every_secret_can_come_from_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """CHAT_JWT_PUBLIC_KEY_FILE and CHAT_REDIS_URL_FILE, beside CHAT_JWT_SECRET_FILE above
+    and CHAT_OPENAI_API_KEY_FILE in test_openai: each is read, and used."""
+    from jose import jwt
+
+    from tests.support.redis import running_redis
+
+    private, public = make_es256_keys()
+    key_file = tmp_path / "public.pem"
+    key_file.write_text(public)
+    with running_redis() as redis:
+        url_file = tmp_path / "redis-url"
+        url_file.write_text(redis.url + "\n")
+        env = {
+            "CHAT_JWT_SECRET": "",
+            "CHAT_JWT_ALGORITHMS": "ES256",
+            "CHAT_JWT_PUBLIC_KEY_FILE": str(key_file),
+            "CHAT_REDIS_URL_FILE": str(url_file),
+        }
+        token = jwt.encode({"sub": "filed", "exp": 2**31}, private, algorithm="ES256")
+        with running_service(env, workers=1) as svc, httpx.Client(base_url=svc.url) as http:
+            stream = stream_chat(
+                http, "GET", "/chat/hi", headers={"Authorization": f"Bearer {token}"}
+            )
+            ready = http.get("/readyz").status_code
+        import redis as sync_redis
+
+        used = sync_redis.Redis.from_url(redis.url).keys("chat:*")
+    assert stream.status == 200 and stream.names[-1] == "done"
+    assert ready == 200
+    assert used  # the rate window and the cache entry went to that Redis
+
+
+def test_both_a_secret_and_its_file_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 40)
+    result = _serve({"CHAT_JWT_SECRET": "t" * 40, "CHAT_JWT_SECRET_FILE": str(secret_file)})
+    assert result.returncode == 2
+    assert "CHAT_JWT_SECRET_FILE" in result.stdout

@@ -6,7 +6,9 @@ reply must turn these red, not change what they expect.
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
 from urllib.parse import quote
 
 import httpx
@@ -120,3 +122,54 @@ def test_get_root_serves_the_page_to_browsers(client: httpx.Client) -> None:
     assert response.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in response.headers["content-security-policy"]
     assert "<html" in response.text.lower()
+
+
+PLAIN_TEXT = (
+    "This is a complete AI chat demo!\n"
+    "It supports:\n"
+    "1. Server-Sent Events (SSE)\n"
+    "2. Streaming output, character by character\n"
+    "3. Visible thinking steps\n"
+    "4. A complete chat interface\n\n"
+    "Try sending it any message!\n"
+)
+
+
+def test_get_root_streams_the_demo_text_a_character_at_a_time_at_its_pace() -> None:
+    """0.02 s per character, scaled: at 0.5 about 2.2 s for the text, in many pieces."""
+    with (
+        running_service({"CHAT_DEMO_DELAY_SCALE": "0.5"}, workers=1) as svc,
+        httpx.Client(base_url=svc.url, timeout=30) as http,
+        http.stream("GET", "/", headers={"Accept": "*/*"}) as response,
+    ):
+        started = time.monotonic()
+        arrivals, text = [], b""
+        for chunk in response.iter_raw():
+            arrivals.append(time.monotonic() - started)
+            text += chunk
+    assert text.decode() == PLAIN_TEXT
+    expected = len(PLAIN_TEXT) * 0.02 * 0.5
+    assert expected * 0.9 <= arrivals[-1] <= expected + 1.5, (arrivals[-1], expected)
+    assert len(arrivals) >= len(PLAIN_TEXT) // 2  # in pieces, not one burst
+
+
+def test_an_idle_stream_gets_a_ping_every_interval() -> None:
+    """Thinking steps are 0.5 s apart (scale 1); with pings every 0.2 s, each pause holds
+    pings, and none comes while events flow faster than that."""
+    env = {"CHAT_DEMO_DELAY_SCALE": "1", "CHAT_SSE_PING_SECONDS": "0.2"}
+    with (
+        running_service(env, workers=1) as svc,
+        httpx.Client(base_url=svc.url, timeout=30) as http,
+        http.stream("GET", "/chat/ping-me", headers=bearer()) as response,
+    ):
+        started = time.monotonic()
+        pings, raw = [], b""
+        for chunk in response.iter_raw():
+            raw += chunk
+            pings += [time.monotonic() - started] * chunk.count(b": ping\n\n")
+    thinking_time = 4 * 0.5  # the first content comes after four 0.5 s pauses
+    during_thinking = [t for t in pings if t < thinking_time]
+    # One interval to notice the silence, then one each interval: at least one per pause.
+    assert len(during_thinking) >= 4, pings
+    assert all(b - a >= 0.15 for a, b in itertools.pairwise(during_thinking)), pings
+    assert raw.endswith(b"\n\n") and b"event: done" in raw

@@ -13,7 +13,12 @@ import time
 
 import httpx
 
-SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) ([0-9.eE+-]+|NaN|[+-]Inf)$", re.M)
+# A name, its labels (whose quoted values may hold braces: route="/chat/{message}"), a value.
+SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})?) '
+    r"([0-9.eE+-]+|NaN|[+-]Inf)$",
+    re.M,
+)
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -1,0 +1,64 @@
+"""The response cache's lifetime, in worker memory and in a real Redis: a reply is replayed
+for CHAT_CACHE_TTL seconds and no longer, and CHAT_CACHE_TTL=0 stores nothing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis as sync_redis
+
+from tests.support.metrics import metric
+from tests.support.redis import RedisServer, running_redis
+from tests.support.service import Service, running_service
+from tests.support.sse import stream_chat
+from tests.support.tokens import bearer
+
+TTL = 1
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[RedisServer | None]:
+    if request.param == "memory":
+        yield None
+        return
+    with running_redis() as server:
+        yield server
+
+
+def _env(store: RedisServer | None, ttl: int) -> dict[str, str]:
+    env = {"CHAT_CACHE_TTL": str(ttl)}
+    if store is not None:
+        env["CHAT_REDIS_URL"] = store.url
+    return env
+
+
+def _x_cache(svc: Service, message: str) -> str:
+    with httpx.Client(base_url=svc.url, timeout=30) as http:
+        stream = stream_chat(http, "GET", f"/chat/{message}", headers=bearer())
+    assert stream.names[-1] == "done"
+    return stream.headers["x-cache"]
+
+
+def test_a_cached_reply_lives_for_the_ttl_and_no_longer(store: RedisServer | None) -> None:
+    with running_service(_env(store, TTL), workers=1) as svc:
+        assert [_x_cache(svc, "ttl-me"), _x_cache(svc, "ttl-me")] == ["MISS", "HIT"]
+        if store is not None:
+            direct = sync_redis.Redis.from_url(store.url)
+            [key] = [k for k in direct.keys("chat:cache:*") if not k.endswith(b":lock")]
+            assert 0 < direct.pttl(key) <= TTL * 1000
+        time.sleep(TTL + 0.2)  # the cache's own clock is what is under test
+        assert _x_cache(svc, "ttl-me") == "MISS"
+        assert metric(svc.url, "chat_cache_requests_total", '{result="hit"}') == 1
+        assert metric(svc.url, "chat_cache_requests_total", '{result="miss"}') == 2
+
+
+def test_a_ttl_of_zero_turns_the_cache_off(store: RedisServer | None) -> None:
+    with running_service(_env(store, 0), workers=1) as svc:
+        assert [_x_cache(svc, "never-kept") for _ in range(3)] == ["MISS"] * 3
+        assert metric(svc.url, "chat_cache_requests_total", '{result="hit"}') == 0
+        assert metric(svc.url, "chat_backend_streams_total", '{backend="demo"}') == 3
+    if store is not None:
+        assert sync_redis.Redis.from_url(store.url).keys("chat:cache:*") == []
