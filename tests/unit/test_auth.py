@@ -143,8 +143,10 @@ def test_jwks_keys_are_picked_by_kid_cached_and_refetched_for_new_kids(
 
         provider.add_key("two")  # key rotation: an unknown kid refetches once
         verifier.keys._fetched_at -= 60  # type: ignore[union-attr]  # as if 60 s had passed
+        verifier.keys._loaded_at -= 60  # type: ignore[union-attr]
         # A minute on, a known kid still fetches nothing: what fetches is the unknown kid.
         assert (await verifier.verify(provider.token("one", sub="fresh"))).sub == "fresh"
+        assert verifier.keys._refreshing is None  # type: ignore[union-attr]  # none begun
         assert provider.fetches == 1
         assert (await verifier.verify(provider.token("two"))).sub == "erin"
         assert provider.fetches == 2
