@@ -25,15 +25,18 @@ from . import __version__, errors
 from .auth import TokenVerifier
 from .backends import make_backend
 from .body_limit import BodyLimit
-from .cache import ResponseCache
+from .cache import make_cache
 from .config import Settings, load_settings
 from .conversations import make_conversations
 from .cors import CORS
-from .limits import RateLimits, StreamSlots
+from .generation import Generations
+from .limits import make_limits
 from .observability.logging import access_logger, get_logger
+from .observability.metrics import SharedCollection
 from .observability.middleware import RequestContext
 from .routes import chat, conversations, health, metrics, pages
 from .shutdown import Drain
+from .state import Services
 from .store import Store
 
 log = get_logger("service.app")
@@ -54,25 +57,36 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         settings = settings.model_copy(update={"jwt_secret": secrets.token_urlsafe(32)})
         log.warning("no signing key configured; using a random per-process development key")
 
+    drain = Drain(settings.graceful_timeout)
+    page = pages.load_page()
+    collection = SharedCollection()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = app.state
-        state.drain.bind(asyncio.get_running_loop())
-        state.verifier = TokenVerifier(settings)
-        state.backend = make_backend(settings)
-        state.store = Store(settings.redis_url) if settings.redis_url else None
-        state.rate_limits = RateLimits(settings.rate_limit, state.store)
-        state.ip_limits = RateLimits(settings.ip_rate_limit, state.store)
-        state.stream_slots = StreamSlots(
-            settings.max_streams_per_user, state.store, settings.stream_lease_seconds
+        drain.bind(asyncio.get_running_loop())
+        store = Store(settings.redis_url) if settings.redis_url else None
+        rate_limits, ip_limits, slots = make_limits(settings, store)
+        services = app.state.services = Services(
+            settings=settings,
+            drain=drain,
+            page=page,
+            metrics=collection,
+            verifier=TokenVerifier(settings),
+            backend=make_backend(settings),
+            store=store,
+            rate_limits=rate_limits,
+            ip_limits=ip_limits,
+            slots=slots,
+            cache=make_cache(settings.cache_ttl, store),
+            conversations=make_conversations(
+                store,
+                settings.history_turns,
+                settings.history_ttl,
+                settings.max_conversations_per_user,
+            ),
+            generations=Generations(drain),
         )
-        state.cache = ResponseCache(settings.cache_ttl, state.store)
-        state.conversations = make_conversations(
-            state.store,
-            settings.history_turns,
-            settings.history_ttl,
-            settings.max_conversations_per_user,
-        )
+        drain.generations = services.generations
         # What exists now (modules, the app, its routes and resources) lives as long as the
         # worker: move it out of the collector's sight, so that full collections, which
         # otherwise walk all of it a few times a second under load, see only requests'
@@ -82,13 +96,14 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            state.drain.unbind()
-            await state.stream_slots.aclose()
-            await state.cache.aclose()
-            await state.backend.aclose()
-            await state.verifier.aclose()
-            if state.store is not None:
-                await state.store.aclose()
+            drain.unbind()
+            await services.generations.aclose()
+            await services.slots.aclose()
+            await services.cache.aclose()
+            await services.backend.aclose()
+            await services.verifier.aclose()
+            if store is not None:
+                await store.aclose()
 
     app = FastAPI(
         title="chat-service",
@@ -100,10 +115,6 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         # This service reports through Prometheus and its JSON log lines instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
-    app.state.drain = Drain(settings.graceful_timeout)
-    app.state.page = pages.load_page()
-    app.state.metrics_collection = metrics.SharedCollection()
     routers = (pages.router, chat.router, conversations.router, health.router, metrics.router)
     for router in routers:
         app.include_router(router)

@@ -27,12 +27,12 @@ import itertools
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-from .sse import Event
+from .events import Event
 from .store import Script, Store
 
 MAX_ENTRY_BYTES = 256 * 1024
@@ -53,11 +53,10 @@ def cache_key(backend: str, model: str, message: str, user: str | None = None) -
     return f"chat:cache:{digest}"
 
 
-def dumps(events: Sequence[Event]) -> bytes | None:
-    try:
-        blob = orjson.dumps([(e.name, e.data) for e in events])
-    except TypeError:  # a lone surrogate in the text: not worth caching
-        return None
+def blob_of(events: Iterable[tuple[str, bytes]]) -> bytes | None:
+    """An entry from (name, JSON data) pairs as the wire has them: the JSON of
+    `[[name, data], ...]`, made without parsing the data again; None past MAX_ENTRY_BYTES."""
+    blob = b"[" + b",".join(b'["%s",%s]' % (name.encode(), data) for name, data in events) + b"]"
     return blob if len(blob) <= MAX_ENTRY_BYTES else None
 
 
@@ -81,15 +80,13 @@ return 0
 
 
 class ResponseCache:
-    def __init__(self, ttl: int, store: Store | None) -> None:
+    """What both stores share: single flight within this worker (a future per key that
+    its leader resolves), and waiting for a leader. `lookup`, `get`, `_store` and
+    `_remote_wait` are each store's own."""
+
+    def __init__(self, ttl: int) -> None:
         self.ttl = ttl
-        self.store = store
-        self._memory: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._flights: dict[str, asyncio.Future[None]] = {}
-        self._locks: dict[str, str] = {}  # key -> token, for the Redis locks held here
-        self._holder = secrets.token_hex(8)
-        self._tokens = itertools.count()
-        self._heartbeat: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -100,57 +97,25 @@ class ResponseCache:
         (False: an identical request is generating already; `wait` for it)."""
         if key in self._flights:
             return await self.get(key), False
-        if self.store is None:
-            events = await self.get(key)
-        else:
-            token = f"{self._holder}:{next(self._tokens)}"
-            self._beat()  # before the lock: no waiter may find a lock without its heartbeat
-            found: Any = await self.store.run_script(
-                "cache_get", LOOKUP, [key, f"{key}:lock"], [LOCK_SECONDS, token], fallback=None
-            )
-            if found is None:  # Redis is away: generate here, uncoordinated
-                events = None
-            elif found[0] == 1:
-                events = _loads(found[1])
-            else:
-                events = None
-                if not found[1]:
-                    return None, False
-                self._hold(key, token)
+        events, may_lead = await self._find(key)
         if events is not None:
             return events, False
+        if not may_lead:
+            return None, False
         self._flights[key] = asyncio.get_running_loop().create_future()
         return None, True
 
-    async def get(self, key: str) -> list[Event] | None:
-        if self.store is None:
-            entry = self._memory.get(key)
-            if entry is None or entry[0] < time.monotonic():
-                return None
-            return _loads(entry[1])
-        blob: Any = await self.store.execute("cache_get", "GET", key, fallback=None)
-        return _loads(blob) if isinstance(blob, bytes) else None
+    async def _find(self, key: str) -> tuple[list[Event] | None, bool]:
+        raise NotImplementedError
 
-    def finish(self, key: str, events: Sequence[Event] | None, leading: bool) -> None:
-        """Store a completed stream (`events`, or None for one that failed) and, for the
-        leader, release the lock and then wake the waiters. Nobody waits for the write: it
-        goes with whatever else the stream's end sends (its slot release)."""
-        blob = dumps(events) if events is not None else None
-        written = None
-        if self.store is None:
-            if blob is not None:
-                self._memory[key] = (time.monotonic() + self.ttl, blob)
-                self._memory.move_to_end(key)
-                while len(self._memory) > MEMORY_ENTRIES:
-                    self._memory.popitem(last=False)
-        elif blob is not None or leading:
-            commands: list[tuple[Any, ...]] = []
-            if blob is not None:
-                commands.append(("SET", key, blob, "EX", self.ttl))
-            token = self._locks.pop(key, None) if leading else None
-            if token is not None:
-                commands.append(("EVAL", RELEASE.source, 1, f"{key}:lock", token))
-            written = self.store.send("cache_put", *commands) if commands else None
+    async def get(self, key: str) -> list[Event] | None:
+        raise NotImplementedError
+
+    def finish(self, key: str, blob: bytes | None, leading: bool) -> None:
+        """Store a completed stream (its `blob_of`, or None for one that failed) and, for
+        the leader, release the lock and then wake the waiters. Nobody waits for the write:
+        it goes with whatever else the stream's end sends (its slot release)."""
+        written = self._store(key, blob, leading)
         if not leading:
             return
         if written is None:
@@ -158,35 +123,14 @@ class ResponseCache:
         else:
             written.add_done_callback(lambda _: self._land(key))
 
+    def _store(self, key: str, blob: bytes | None, leading: bool) -> asyncio.Future[Any] | None:
+        raise NotImplementedError
+
     def _land(self, key: str) -> None:
         """The leader's entry is written (or failed): wake this worker's waiters."""
         flight = self._flights.pop(key, None)
         if flight is not None and not flight.done():
             flight.set_result(None)
-
-    def _hold(self, key: str, token: str) -> None:
-        self._locks[key] = token
-
-    def _beat(self) -> None:
-        """Keep this worker's heartbeat alive from its first lock on. The first beat goes
-        in the same batch as, and before, the look-up that may take a lock."""
-        if self._heartbeat is None or self._heartbeat.done():
-            assert self.store is not None
-            self.store.send("cache_lock", self._heartbeat_command(), urgent=True)
-            self._heartbeat = asyncio.ensure_future(self._keep_beating())
-
-    def _heartbeat_command(self) -> tuple[Any, ...]:
-        return ("SET", _heartbeat_key(self._holder), 1, "EX", HEARTBEAT_SECONDS)
-
-    async def _keep_beating(self) -> None:
-        assert self.store is not None
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS / 3)
-            self.store.send("cache_lock", self._heartbeat_command(), urgent=True)
-
-    async def aclose(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
 
     async def wait(self, key: str, patience: float = PATIENCE_SECONDS) -> list[Event] | None:
         """Wait for the leader of `key`, then return its stored events, or None if it failed."""
@@ -197,9 +141,102 @@ class ResponseCache:
             except TimeoutError:
                 return None
             return await self.get(key)
-        if self.store is None:
+        return await self._remote_wait(key, patience)
+
+    async def _remote_wait(self, key: str, patience: float) -> list[Event] | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class MemoryCache(ResponseCache):
+    """A small LRU in this worker."""
+
+    def __init__(self, ttl: int) -> None:
+        super().__init__(ttl)
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    async def _find(self, key: str) -> tuple[list[Event] | None, bool]:
+        return await self.get(key), True
+
+    async def get(self, key: str) -> list[Event] | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
             return None
-        # The leader is elsewhere: poll for its entry while its lock stands.
+        return _loads(entry[1])
+
+    def _store(self, key: str, blob: bytes | None, leading: bool) -> asyncio.Future[Any] | None:
+        if blob is not None:
+            self._entries[key] = (time.monotonic() + self.ttl, blob)
+            self._entries.move_to_end(key)
+            while len(self._entries) > MEMORY_ENTRIES:
+                self._entries.popitem(last=False)
+        return None
+
+
+class RedisCache(ResponseCache):
+    """Entries in Redis with CHAT_CACHE_TTL, shared by every worker and pod; the leader of
+    an identical request on another worker holds a lock (see the module docstring)."""
+
+    def __init__(self, ttl: int, store: Store) -> None:
+        super().__init__(ttl)
+        self.store = store
+        self._locks: dict[str, str] = {}  # key -> token, for the Redis locks held here
+        self._holder = secrets.token_hex(8)
+        self._tokens = itertools.count()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    async def _find(self, key: str) -> tuple[list[Event] | None, bool]:
+        token = f"{self._holder}:{next(self._tokens)}"
+        self._beat()  # before the lock: no waiter may find a lock without its heartbeat
+        found: Any = await self.store.run_script(
+            "cache_get", LOOKUP, [key, f"{key}:lock"], [LOCK_SECONDS, token], fallback=None
+        )
+        if found is None:  # Redis is away: generate here, uncoordinated
+            return None, True
+        if found[0] == 1:
+            return _loads(found[1]), False
+        if not found[1]:
+            return None, False  # another request holds the lock
+        self._locks[key] = token
+        return None, True
+
+    async def get(self, key: str) -> list[Event] | None:
+        blob: Any = await self.store.execute("cache_get", "GET", key, fallback=None)
+        return _loads(blob) if isinstance(blob, bytes) else None
+
+    def _store(self, key: str, blob: bytes | None, leading: bool) -> asyncio.Future[Any] | None:
+        commands: list[tuple[Any, ...]] = []
+        if blob is not None:
+            commands.append(("SET", key, blob, "EX", self.ttl))
+        token = self._locks.pop(key, None) if leading else None
+        if token is not None:
+            commands.append(("EVAL", RELEASE.source, 1, f"{key}:lock", token))
+        return self.store.send("cache_put", *commands) if commands else None
+
+    def _beat(self) -> None:
+        """Keep this worker's heartbeat alive from its first lock on. The first beat goes
+        in the same batch as, and before, the look-up that may take a lock."""
+        if self._heartbeat is None or self._heartbeat.done():
+            self.store.send("cache_lock", self._heartbeat_command(), urgent=True)
+            self._heartbeat = asyncio.ensure_future(self._keep_beating())
+
+    def _heartbeat_command(self) -> tuple[Any, ...]:
+        return ("SET", _heartbeat_key(self._holder), 1, "EX", HEARTBEAT_SECONDS)
+
+    async def _keep_beating(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS / 3)
+            self.store.send("cache_lock", self._heartbeat_command(), urgent=True)
+
+    async def aclose(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+
+    async def _remote_wait(self, key: str, patience: float) -> list[Event] | None:
+        """The leader is elsewhere: poll for its entry while its lock stands and its
+        holder's heartbeat goes on."""
         deadline = time.monotonic() + patience
         attempt = 0
         while time.monotonic() < deadline:
@@ -221,6 +258,10 @@ class ResponseCache:
             await asyncio.sleep(WAIT_POLL_SECONDS[min(attempt, len(WAIT_POLL_SECONDS) - 1)])
             attempt += 1
         return None
+
+
+def make_cache(ttl: int, store: Store | None) -> ResponseCache:
+    return MemoryCache(ttl) if store is None else RedisCache(ttl, store)
 
 
 def _heartbeat_key(holder: str) -> str:

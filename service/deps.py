@@ -1,7 +1,7 @@
 """FastAPI dependencies: what a route needs, resolved from the request.
 
-`CurrentUser` is the verified bearer token's principal; resources live on `app.state`,
-made in the lifespan (app.py).
+`CurrentUser` is the verified bearer token's principal; `AppServices` the worker's typed
+services (state.Services), made in the lifespan (app.py).
 """
 
 from __future__ import annotations
@@ -12,13 +12,21 @@ from typing import Annotated
 import structlog
 from fastapi import Depends, Request
 
-from .auth import AuthError, KeysUnavailable, Principal, TokenVerifier
+from .auth import AuthError, KeysUnavailable, Principal
 from .errors import TooManyRequests, Unauthorized, Unavailable
-from .limits import RateLimits
 from .observability import metrics
 from .observability.logging import get_logger
+from .state import Services, record_of
 
 log = get_logger("service.auth")
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+AppServices = Annotated[Services, Depends(services_of)]
 
 
 async def current_user(request: Request) -> Principal:
@@ -26,7 +34,7 @@ async def current_user(request: Request) -> Principal:
     try:
         return await _verify(request)
     finally:
-        request.state.timing.auth = (time.perf_counter() - started) * 1000
+        record_of(request.scope).timing.auth = (time.perf_counter() - started) * 1000
 
 
 async def _verify(request: Request) -> Principal:
@@ -41,7 +49,7 @@ async def _verify(request: Request) -> Principal:
         metrics.auth_failures.labels("malformed").inc()
         await spend_address_budget(request)
         raise Unauthorized("authorization header is not 'Bearer <token>'")
-    verifier: TokenVerifier = request.app.state.verifier
+    verifier = services_of(request).verifier
     try:
         principal = await verifier.verify(token)
     except AuthError as exc:
@@ -59,7 +67,7 @@ async def _verify(request: Request) -> Principal:
         metrics.auth_failures.labels("malformed").inc()
         await spend_address_budget(request)
         raise Unauthorized("token is malformed") from None
-    request.state.user = principal.sub
+    record_of(request.scope).user = principal.sub
     structlog.contextvars.bind_contextvars(user=principal.sub)
     return principal
 
@@ -74,7 +82,7 @@ async def spend_address_budget(request: Request) -> None:
     The address is the peer's, or, when the peer is one of CHAT_TRUSTED_PROXIES, the
     X-Forwarded-For entry that proxy added (uvicorn's proxy headers take the right-most
     untrusted entry), never one a client wrote itself."""
-    limits: RateLimits = request.app.state.ip_limits
+    limits = services_of(request).ip_limits
     client = request.client
     key = f"ip:{client.host if client is not None else 'unknown'}"
     rate = limits.known_refusal(key) or await limits.hit(key)

@@ -22,12 +22,15 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from limits import parse
 from limits.aio.storage import MemoryStorage, RedisStorage
 
 from .store import Script, Store
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 # KEYS[1] = the user's lease set; ARGV = lease milliseconds, max streams, stream id.
 # Drops expired leases, then adds this one if there is room. Returns 1 or 0.
@@ -73,29 +76,65 @@ class RateResult:
         }
 
 
+class Windows(Protocol):
+    """Where the fixed windows are counted: `count` spends one and returns the count and
+    when the window ends (epoch seconds); `known_end` is when this worker last saw it end."""
+
+    async def count(self, key: str, expiry: int, known_end: float) -> tuple[int, float]: ...
+
+
+class MemoryWindows:
+    """limits' `MemoryStorage`, in this worker."""
+
+    def __init__(self) -> None:
+        self.storage = MemoryStorage()
+
+    async def count(self, key: str, expiry: int, known_end: float) -> tuple[int, float]:
+        count = await self.storage.incr(key, expiry)
+        return count, await self.storage.get_expiry(key)
+
+
+class RedisWindows:
+    """limits' Redis storage, through the Store's batches; a count of 0 means Redis is
+    down, and the request goes ahead (fail open)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.storage = BatchedRedisStorage(store)
+
+    async def count(self, key: str, expiry: int, known_end: float) -> tuple[int, float]:
+        storage, now = self.storage, time.time()
+        if known_end > now:
+            # The window is fixed: while it lasts, the increment alone is the whole check.
+            count = await self.store.call("rate_limit", lambda: storage.incr(key, expiry), 0)
+            # A count of 1 opened a new window (the old key expired or was evicted early).
+            return count, now + expiry if count == 1 else known_end
+        return await self.store.call(
+            "rate_limit",
+            lambda: asyncio.gather(storage.incr(key, expiry), storage.get_expiry(key)),
+            (0, now + expiry),
+        )
+
+
 class RateLimits:
-    """A fixed window per user (slowapi's default strategy), counted with the storage's
+    """A fixed window per key (slowapi's default strategy), counted with the storage's
     atomic increment: the count it returns gives `X-RateLimit-Remaining`, and the window's
     expiry, read at the same time, `X-RateLimit-Reset`, so a check is one round trip.
     (A moving window would be exact at window edges, but `limits` answers its hit and its
     stats in two scripts run one after the other: twice the latency on every request.)"""
 
-    def __init__(self, rate: str, store: Store | None) -> None:
+    def __init__(self, rate: str, windows: Windows) -> None:
         self.item = parse(rate)
-        self.store = store
-        # When each user's current window ends, as last read from the storage: the window
-        # is fixed, so while it lasts the increment alone is the whole check.
+        self.windows = windows
+        # When each key's current window ends, as last read from the storage.
         self._window_ends: dict[str, float] = {}
-        # Users this worker has seen over the limit, until their window ends: a count only
+        # Keys this worker has seen over the limit, until their window ends: a count only
         # grows within a window, so they are refused without asking Redis, and a flood of
         # refused requests costs Redis nothing.
         self._exhausted: dict[str, float] = {}
-        self.storage: RedisStorage | MemoryStorage = (
-            BatchedRedisStorage(store) if store is not None else MemoryStorage()
-        )
 
     def known_refusal(self, key: str) -> RateResult | None:
-        """The answer for a user already over the limit in this window, or None."""
+        """The answer for a key already over the limit in this window, or None."""
         storage_key = self.item.key_for(key)
         until = self._exhausted.get(storage_key)
         if until is None:
@@ -107,29 +146,11 @@ class RateLimits:
         return RateResult(False, self.item.amount, 0, max(1, math.ceil(left)))
 
     async def hit(self, key: str) -> RateResult:
-        """Spend one from `key`'s budget. Fails open when Redis is away."""
+        """Spend one from `key`'s budget."""
         item = self.item
         storage_key = item.key_for(key)
-        expiry = item.get_expiry()
-        now = time.time()
         known_end = self._window_ends.get(storage_key, 0.0)
-        if self.store is None:
-            count = await self.storage.incr(storage_key, expiry)
-            reset_at = await self.storage.get_expiry(storage_key)
-        elif known_end > now:
-            count = await self.store.call(
-                "rate_limit", lambda: self.storage.incr(storage_key, expiry), 0
-            )
-            # A count of 1 opened a new window (the old key expired or was evicted early).
-            reset_at = now + expiry if count == 1 else known_end
-        else:
-            count, reset_at = await self.store.call(
-                "rate_limit",
-                lambda: asyncio.gather(
-                    self.storage.incr(storage_key, expiry), self.storage.get_expiry(storage_key)
-                ),
-                (0, now + expiry),
-            )
+        count, reset_at = await self.windows.count(storage_key, item.get_expiry(), known_end)
         if count:
             if len(self._window_ends) > WINDOW_CACHE_SIZE:
                 self._window_ends.clear()
@@ -167,15 +188,51 @@ class BatchedRedisStorage(RedisStorage):
         return max(int(ttl), 0) + time.time()
 
 
-class StreamSlots:
-    """At most `limit` open streams per user; `acquire` returns a slot id or None."""
+class StreamSlots(Protocol):
+    """At most `limit` open streams per user: `acquire` returns a slot id or None;
+    `release` hands one back (with Redis, the future of the command doing it)."""
 
-    def __init__(self, limit: int, store: Store | None, lease_seconds: float) -> None:
+    async def acquire(self, user: str) -> str | None: ...
+
+    def release(self, slot: str, urgent: bool = False) -> asyncio.Future[Any] | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemorySlots:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: Counter[str] = Counter()
+        self._held: dict[str, str] = {}  # slot id -> user
+
+    async def acquire(self, user: str) -> str | None:
+        if self._open[user] >= self.limit:
+            return None
+        self._open[user] += 1
+        slot = uuid.uuid4().hex
+        self._held[slot] = user
+        return slot
+
+    def release(self, slot: str, urgent: bool = False) -> asyncio.Future[Any] | None:
+        user = self._held.pop(slot, None)
+        if user is not None:
+            self._open[user] -= 1
+            if self._open[user] <= 0:
+                del self._open[user]
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisSlots:
+    """Leases in a sorted set per user, renewed by this worker while it holds them."""
+
+    def __init__(self, limit: int, store: Store, lease_seconds: float) -> None:
         self.limit = limit
         self.store = store
         self.lease_seconds = lease_seconds
         self._lease_ms = math.ceil(lease_seconds * 1000)
-        self._local: Counter[str] = Counter()
         self._held: dict[str, str] = {}  # slot id -> user, for renewal and release
         self._renewer: asyncio.Task[None] | None = None
 
@@ -185,41 +242,27 @@ class StreamSlots:
 
     async def acquire(self, user: str) -> str | None:
         slot = uuid.uuid4().hex
-        if self.store is None:
-            if self._local[user] >= self.limit:
-                return None
-            self._local[user] += 1
-        else:
-            args = (self._lease_ms, self.limit, slot)
-            acquired = await self.store.run_script(
-                "stream_slot", ACQUIRE, [self._key(user)], args, fallback=1
-            )
-            if not acquired:
-                return None
-            self._ensure_renewer()
+        args = (self._lease_ms, self.limit, slot)
+        acquired = await self.store.run_script(
+            "stream_slot", ACQUIRE, [self._key(user)], args, fallback=1
+        )
+        if not acquired:
+            return None
         self._held[slot] = user
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_leases())
         return slot
 
     def release(self, slot: str, urgent: bool = False) -> asyncio.Future[Any] | None:
-        """Hand a slot back. Nobody needs to wait for that, so with Redis the ZREM goes in
-        a later batch (pipelining.py), unless `urgent`; the future says when it is done."""
+        """Nobody needs to wait for this, so the ZREM goes in a later batch
+        (pipelining.py), unless `urgent`; the future says when it is done."""
         user = self._held.pop(slot, None)
         if user is None:
             return None
-        if self.store is None:
-            self._local[user] -= 1
-            if self._local[user] <= 0:
-                del self._local[user]
-            return None
         return self.store.send("stream_slot", ("ZREM", self._key(user), slot), urgent=urgent)
-
-    def _ensure_renewer(self) -> None:
-        if self._renewer is None or self._renewer.done():
-            self._renewer = asyncio.create_task(self._renew_leases())
 
     async def _renew_leases(self) -> None:
         store = self.store
-        assert store is not None
         while self._held:
             await asyncio.sleep(self.lease_seconds / 3)
             by_user: dict[str, list[str]] = {}
@@ -239,3 +282,22 @@ class StreamSlots:
     async def aclose(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
+
+
+def make_limits(
+    settings: Settings, store: Store | None
+) -> tuple[RateLimits, RateLimits, StreamSlots]:
+    """The per-user rate, the per-address rate, and the open-stream slots: in Redis when
+    it is configured, in this worker otherwise."""
+    if store is None:
+        return (
+            RateLimits(settings.rate_limit, MemoryWindows()),
+            RateLimits(settings.ip_rate_limit, MemoryWindows()),
+            MemorySlots(settings.max_streams_per_user),
+        )
+    windows = RedisWindows(store)
+    return (
+        RateLimits(settings.rate_limit, windows),
+        RateLimits(settings.ip_rate_limit, windows),
+        RedisSlots(settings.max_streams_per_user, store, settings.stream_lease_seconds),
+    )

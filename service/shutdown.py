@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from typing import Protocol
 
 logger = logging.getLogger("service.shutdown")
@@ -22,12 +23,19 @@ class Stoppable(Protocol):
     def stop(self, reason: str) -> None: ...
 
 
+class Running(Protocol):
+    """The worker's generations (generation.Generations), as far as the drain cares."""
+
+    def all(self) -> Iterable[Stoppable]: ...
+
+
 class Drain:
     def __init__(self, grace_seconds: float) -> None:
         self.grace_seconds = grace_seconds
         self.draining = False
         self.over = False  # the graceful period has ended
         self.streams: set[Stoppable] = set()
+        self.generations: Running | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -62,6 +70,9 @@ class Drain:
         self.over = True
         log = logger.warning if self.streams else logger.info
         log("graceful period over; ending open streams", extra={"streams": len(self.streams)})
+        if self.generations is not None:
+            for generation in self.generations.all():
+                generation.stop("shutdown")
         for stream in list(self.streams):
             stream.stop("shutdown")
 

@@ -1,11 +1,13 @@
 """Server-Sent Events: the event type, its wire encoding, and the streaming response.
 
-The response is a pure ASGI callable rather than sse-starlette's EventSourceResponse or a
-Starlette StreamingResponse with a task group: it runs the generator in the request's own
-task and adds one small helper, `_watch`, which waits on `receive()`:
+The response, `EventStream`, is one reader of a generation's log (generation.py): it sends
+the entries after a position as they come. It is a pure ASGI callable rather than
+sse-starlette's EventSourceResponse or a Starlette StreamingResponse with a task group: it
+reads in the request's own task and adds one small helper, `_watch`, which waits on
+`receive()`:
 
-- when the client goes, it cancels the generation, so an upstream request is closed within
-  the same event-loop turn;
+- when the client goes, the reader stops and leaves the generation (which decides, by
+  CHAT_RESUME_WINDOW, whether to wait for a reader to come back or to stop now);
 - once a ping interval it wakes: an idle stream gets a `: ping` comment (the WHATWG SSE
   comment syntax, ignored by every parser) so proxies with idle timeouts do not cut a slow
   first token, and a stream whose send has been stuck behind a client that stopped reading
@@ -19,21 +21,22 @@ streaming responses without limit and never tells the application.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .events import PING, SHUTDOWN, TERMINAL, Event, encode
+from .state import StreamStats, record_of
+
+if TYPE_CHECKING:
+    from .generation import Cursor
+
 logger = logging.getLogger("service.sse")
 
-PING = b": ping\n\n"
-TERMINAL = frozenset({"done", "error"})
 SSE_HEADERS = {
     "cache-control": "no-cache",
     # nginx honours this per response, so buffering stays off even behind a default config.
@@ -41,50 +44,12 @@ SSE_HEADERS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One SSE event: `name` goes to the `event:` field, `data` is JSON on one `data:` line."""
-
-    name: str
-    data: dict[str, Any]
-
-
-SHUTDOWN = Event("error", {"code": "shutdown", "message": "server is restarting"})
-
-
-def encode(event: Event, event_id: int) -> bytes:
-    # JSON escapes CR and LF inside strings, so the payload is always one `data:` line.
-    # orjson writes the same compact UTF-8 as json.dumps(ensure_ascii=False, separators=
-    # (",", ":")) at a tenth of the cost; it refuses lone surrogates (which a percent-encoded
-    # path can carry), and those take the ASCII-escaping path instead.
-    try:
-        data = orjson.dumps(event.data)
-    except TypeError:
-        data = json.dumps(event.data, separators=(",", ":")).encode()
-    name = _NAMES.get(event.name) or event.name.encode()
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, name, data)
-
-
-_NAMES = {name: name.encode() for name in ("start", "thinking", "content", "done", "error")}
-
-
-@dataclass(slots=True)
-class StreamStats:
-    """What the access line and the metrics say about one stream when it ends."""
-
-    outcome: str = "done"
-    events: int = 0
-    bytes: int = 0
-    first_content_at: float | None = None
-    counts: dict[str, int] = field(default_factory=dict)
-
-
 class EventStream(Response):
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        events: AsyncIterator[Event],
+        cursor: Cursor,
         *,
         ping_seconds: float,
         send_timeout: float,
@@ -92,7 +57,8 @@ class EventStream(Response):
         on_start: Callable[[EventStream], None] | None = None,
         on_end: Callable[[EventStream], Awaitable[None]] | None = None,
     ) -> None:
-        self.events = events
+        self.cursor = cursor
+        self.generation = cursor.generation
         self.ping_seconds = ping_seconds
         self.send_timeout = send_timeout
         self.on_start = on_start
@@ -118,9 +84,9 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
-        state = scope.setdefault("state", {})
-        state["stream"] = self.stats
-        start_send, send = send, state.get("raw_send", send)
+        record = record_of(scope)
+        record.stream = self.stats
+        start_send, send = send, record.raw_send
         if self.on_start:
             self.on_start(self)
         watcher: asyncio.Task[None] | None = None
@@ -133,42 +99,41 @@ class EventStream(Response):
         except OSError:
             self.stats.outcome = "disconnected"  # gone before the first byte
         finally:
-            # From here on nothing may cancel this task: the slot release in `on_end`
-            # must run to its end, whatever the client does now.
+            # From here on nothing may cancel this task: what `on_end` does must run to
+            # its end, whatever the client does now.
             self._finished = True
             if watcher is not None:
                 watcher.cancel()
-            await self.events.aclose()  # type: ignore[attr-defined]
+            self.generation.detach(self.cursor)
             if self.on_end:
                 await self.on_end(self)
 
     async def _stream(self, send: Send) -> None:
         stats = self.stats
-        event_id = 0
         if self._stop_reason == "shutdown":  # stopped before it began: the drain is over
             stats.outcome = "shutdown"
-            await self._send_event(send, SHUTDOWN, 1)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send_shutdown(send)
             return
         self._streaming = True
         try:
             try:
-                async for event in self.events:
-                    event_id += 1
-                    await self._send_event(send, event, event_id)
-                    name = event.name
-                    if name == "content":
-                        if stats.first_content_at is None:
-                            stats.first_content_at = time.perf_counter()
-                    elif name in TERMINAL:
-                        # The client has its whole answer now; what the generator still does
-                        # (storing the reply for the cache, say) happens after, not before,
-                        # the end of the response.
-                        stats.outcome = "done" if name == "done" else "error"
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        self._finished = True
-                        await self._run_to_end()
-                        return
+                cursor = self.cursor
+                async for batch in cursor.batches():
+                    for entry in batch:
+                        await self._send_wire(send, entry.wire, entry.name)
+                        cursor.sent(entry)
+                        name = entry.name
+                        if name == "content":
+                            if stats.first_content_at is None:
+                                stats.first_content_at = time.perf_counter()
+                        elif name in TERMINAL:
+                            stats.outcome = "done" if name == "done" else "error"
+                            await send(END)
+                            self._finished = True
+                            return
+                # The log ended without a last event: nothing more will come.
+                await send(END)
+                return
             except asyncio.CancelledError:
                 if self._stop_reason is None:
                     stats.outcome = "shutdown"  # the server itself is cancelling us
@@ -177,32 +142,31 @@ class EventStream(Response):
                 stats.outcome = "shutdown" if self._stop_reason == "shutdown" else "disconnected"
                 if self._stop_reason != "shutdown":
                     return  # nobody is reading any more
-                await self._send_event(send, SHUTDOWN, event_id + 1)
+                await self._send_shutdown(send)
+                return
             except Exception:
                 logger.exception("stream failed")
                 stats.outcome = "error"
-                failure = Event("error", {"code": "internal", "message": "internal error"})
-                await self._send_event(send, failure, event_id + 1)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._send_wire(send, encode(INTERNAL, self._next_id()), INTERNAL.name)
+            await send(END)
         except OSError:
             stats.outcome = "disconnected"  # the client went away between events
 
-    async def _run_to_end(self) -> None:
-        try:
-            async for extra in self.events:
-                logger.warning("event after the end of a stream dropped: %s", extra.name)
-        except Exception:
-            logger.exception("stream post-processing failed")
+    def _next_id(self) -> bytes:
+        return self.generation.wire_id(self.cursor.position + 1)
 
-    async def _send_event(self, send: Send, event: Event, event_id: int) -> None:
-        body = encode(event, event_id)
+    async def _send_shutdown(self, send: Send) -> None:
+        await self._send_wire(send, encode(SHUTDOWN, self._next_id()), SHUTDOWN.name)
+        await send(END)
+
+    async def _send_wire(self, send: Send, body: bytes, name: str) -> None:
         self._sending = True
         await send({"type": "http.response.body", "body": body, "more_body": True})
         self._sending = False
         stats = self.stats
         stats.events += 1
         stats.bytes += len(body)
-        stats.counts[event.name] = stats.counts.get(event.name, 0) + 1
+        stats.counts[name] = stats.counts.get(name, 0) + 1
 
     async def _watch(self, receive: Receive, send: Send) -> None:
         """Wait on `receive()` for the client to go, waking once a tick to keep the stream
@@ -246,3 +210,7 @@ class EventStream(Response):
                 except TimeoutError:
                     self.stop("slow_client")
                     return
+
+
+END = {"type": "http.response.body", "body": b"", "more_body": False}
+INTERNAL = Event("error", {"code": "internal", "message": "internal error"})

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..config import Settings
-from ..sse import Event
+from ..events import Event
 
 # `done` reasons of a reply that ended by itself: the demo's `complete`, OpenAI's `stop`.
 # Anything else (`length`, `content_filter`, ...) was cut short and is never cached.

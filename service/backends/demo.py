@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from ..sse import Event
+from ..events import Event
 from . import ChatRequest
 
 THINKING_STEPS = (

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from ..config import Settings
-from ..sse import Event
+from ..events import Event
 from . import BackendError, ChatRequest
 
 RETRY_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0)

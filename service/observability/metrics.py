@@ -8,6 +8,7 @@ ends, because each multiprocess update is a write to a memory-mapped file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import (
@@ -19,6 +20,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 
@@ -45,6 +47,14 @@ http_duration = Histogram(
 )
 streams_active = Gauge(
     "chat_streams_active", "Event streams open right now.", multiprocess_mode="livesum"
+)
+generations_active = Gauge(
+    "chat_generations_active",
+    "Replies being generated right now, read or not.",
+    multiprocess_mode="livesum",
+)
+stream_resumes = Counter(
+    "chat_stream_resumes", "Requests to resume a stream, by result.", ["result"]
 )
 stream_duration = Histogram(
     "chat_stream_duration_seconds",
@@ -111,6 +121,7 @@ KNOWN_LABELS: dict[Counter | Histogram, tuple[str, ...]] = {
         "probe",
     ),
     stream_events: ("start", "thinking", "content", "done", "error"),
+    stream_resumes: ("resumed", "not_found"),
     stream_duration: ("done", "disconnected", "error", "shutdown"),
     connections_refused: ("header_timeout", "header_size", "max_connections"),
 }
@@ -131,3 +142,21 @@ def collect() -> bytes:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest()
+
+
+class SharedCollection:
+    """Scrapes that arrive while a collection runs share its result: collecting reads every
+    worker's files, so a flood of scrapes costs one collection at a time, not one each."""
+
+    def __init__(self) -> None:
+        self._running: asyncio.Future[bytes] | None = None
+
+    async def collect(self) -> bytes:
+        if self._running is None:
+            # Multiprocess collection reads files: keep that off the event loop.
+            self._running = asyncio.ensure_future(run_in_threadpool(collect))
+            self._running.add_done_callback(self._finished)
+        return await asyncio.shield(self._running)
+
+    def _finished(self, _: asyncio.Future[bytes]) -> None:
+        self._running = None

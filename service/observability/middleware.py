@@ -10,27 +10,17 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import error_response
-from ..sse import StreamStats
+from ..state import RequestRecord
 from . import metrics
 from .logging import access_logger
 
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
-
-
-@dataclass(slots=True)
-class Timing:
-    """Milliseconds spent before the first byte, filled in by the dependencies that spend them."""
-
-    auth: float = 0.0
-    limits: float = 0.0
-    cache: float = 0.0
 
 
 def request_id_from(scope: Scope) -> str:
@@ -53,12 +43,11 @@ class RequestContext:
             return
         started = time.perf_counter()
         request_id = request_id_from(scope)
-        state = scope.setdefault("state", {})
-        state["started"] = started
         # Streams write body chunks to uvicorn's send directly; every wrapper in between only
         # watches `http.response.start`, which still passes through all of them.
-        state["raw_send"] = send
-        timing = state["timing"] = Timing()
+        record = RequestRecord(started, send)
+        scope.setdefault("state", {})["record"] = record
+        timing = record.timing
         structlog.contextvars.bind_contextvars(request_id=request_id)
         response: dict[str, Any] = {"status": 500, "started": False}
 
@@ -86,10 +75,11 @@ class RequestContext:
                 failure = error_response(500, "internal error")
                 await failure(scope, _disconnected, send_with_headers)
         finally:
-            self._finish(scope, state, response["status"], started)
+            self._finish(scope, record, response["status"])
             structlog.contextvars.clear_contextvars()
 
-    def _finish(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
+    def _finish(self, scope: Scope, record: RequestRecord, status: int) -> None:
+        started = record.started
         duration = time.perf_counter() - started
         route = scope.get("route")
         # The template without convertors ("/chat/{message}"), as OpenAPI spells it.
@@ -98,13 +88,13 @@ class RequestContext:
         metrics.http_requests.labels(method, template, str(status)).inc()
         metrics.http_duration.labels(method, template).observe(duration)
         fields: dict[str, Any] = {
-            "user": state.get("user"),
+            "user": record.user,
             "method": method,
             "route": template,
             "status": status,
             "duration_ms": round(duration * 1000, 2),
         }
-        stream: StreamStats | None = state.get("stream")
+        stream = record.stream
         if stream is not None:
             ttft = stream.first_content_at
             fields.update(
@@ -112,8 +102,8 @@ class RequestContext:
                 events=stream.events,
                 bytes=stream.bytes,
                 ttft_ms=round((ttft - started) * 1000, 2) if ttft is not None else None,
-                cache=state.get("cache", "MISS"),
-                message_chars=state.get("message_chars"),
+                cache=record.cache or "MISS",
+                message_chars=record.message_chars,
             )
         log = self.log.error if status >= 500 else self.log.info
         log("stream finished" if stream else "request", **fields)

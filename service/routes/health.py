@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from ..shutdown import Drain
-from ..store import Store
+from ..deps import AppServices
 
 router = APIRouter(tags=["health"])
 
@@ -18,12 +17,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "Draining, or a dependency is down"}})
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(services: AppServices) -> JSONResponse:
     """Answers 200 when ready for traffic, or 503 naming what is not."""
-    drain: Drain = request.app.state.drain
-    if drain.draining:
+    if services.drain.draining:
         return JSONResponse({"detail": "shutting down"}, status_code=503)
-    store: Store | None = request.app.state.store
+    store = services.store
     if store is not None and not await store.ping():
         return JSONResponse({"detail": "redis unavailable"}, status_code=503)
     return JSONResponse({"status": "ready"})

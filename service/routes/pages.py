@@ -13,8 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 
 from ..backends.demo import plain_text
-from ..config import Settings
-from ..deps import spend_address_budget
+from ..deps import AppServices, spend_address_budget
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # A wheel carries static/ inside the package (pyproject maps it to `service.static`); a
@@ -78,12 +77,12 @@ def load_page() -> bytes:
         429: {"description": "Too many unauthenticated requests from this address"},
     },
 )
-async def home(request: Request) -> Response:
+async def home(request: Request, services: AppServices) -> Response:
     """The chat page (Accept: text/html) or the demo text, streamed a character at a time."""
     if wants_html(request.headers.get("accept", "")):
-        return HTMLResponse(request.app.state.page, headers=PAGE_HEADERS)
+        return HTMLResponse(services.page, headers=PAGE_HEADERS)
     await spend_address_budget(request)  # seconds of streaming for anyone who asks
-    settings: Settings = request.app.state.settings
+    settings = services.settings
     return StreamingResponse(
         plain_text(settings.demo_delay_scale),
         media_type="text/plain; charset=utf-8",

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis as sync_redis
 
-from service.cache import HEARTBEAT_SECONDS, ResponseCache, cache_key
+from service.cache import HEARTBEAT_SECONDS, RedisCache, cache_key
 from service.store import Store
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import running_service
@@ -41,7 +41,7 @@ def test_a_leader_that_outlived_its_lock_does_not_delete_the_next_ones(
 
     async def scenario() -> tuple[bool, bool, bytes | None, bytes | None]:
         store = Store(redis.url)
-        first, second = ResponseCache(300, store), ResponseCache(300, store)
+        first, second = RedisCache(300, store), RedisCache(300, store)
         try:
             _, first_leads = await first.lookup(key)
             direct.delete(lock)  # the first leader ran past its lock's life

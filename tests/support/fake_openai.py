@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .loops import stop_loop_thread
+
 LEAK = "UPSTREAM-SECRET-BODY-7731"
 
 
@@ -43,18 +45,7 @@ class FakeOpenAI:
         self._started.wait(10)
 
     def stop(self) -> None:
-        async def shutdown() -> None:
-            # End the handlers still open (a stalled stream sleeps for an hour) before the
-            # loop goes, so none is left to be garbage-collected mid-await.
-            current = asyncio.current_task()
-            tasks = [t for t in asyncio.all_tasks() if t is not current]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.loop.stop()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
-        self._thread.join(10)
+        stop_loop_thread(self.loop, self._thread)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .loops import stop_loop_thread
+
 
 class LatencyProxy:
     def __init__(self, target_port: int, delay: float) -> None:
@@ -51,8 +53,7 @@ class LatencyProxy:
         self._ready.wait(10)
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
+        stop_loop_thread(self.loop, self._thread)
 
 
 @contextmanager

@@ -8,18 +8,18 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigError, load_settings
+from service.events import Event, encode
 from service.routes.pages import wants_html
-from service.sse import Event, encode
 
 
 def test_encode_is_one_event_block_with_compact_utf8_json() -> None:
-    assert encode(Event("content", {"text": "你"}), 7) == (
+    assert encode(Event("content", {"text": "你"}), b"7") == (
         'id: 7\nevent: content\ndata: {"text":"你"}\n\n'.encode()
     )
 
 
 def test_newlines_in_data_stay_on_one_data_line() -> None:
-    wire = encode(Event("content", {"text": "a\nb\r\nc"}), 1)
+    wire = encode(Event("content", {"text": "a\nb\r\nc"}), b"1")
     assert wire.count(b"\n") == 4  # id, event, data, blank
     assert b'"a\\nb\\r\\nc"' in wire
 

@@ -1,0 +1,352 @@
+"""A generation: one reply, made once, in a task of its own, into a log that readers follow.
+
+    source (backend, cache replay, or single-flight follow)
+        -> Generation._run: each event numbered, encoded once, appended to the log
+        -> any number of readers, each a `Cursor` at its own position (sse.EventStream)
+
+A response is a reader; a resumed response is another reader of the same log. When its
+last reader leaves, the generation is stopped, unless it may wait for one to come back
+(`Generations`, CHAT_RESUME_WINDOW).
+
+Memory stays bounded two ways. A reader that falls more than LAG_BYTES behind holds the
+generation back, as a slow client held back the backend before generations existed: an
+upstream then waits on TCP flow control rather than filling this worker's memory. And the
+log keeps at most `max_bytes` of encoded events (CHAT_RESUME_MAX_BYTES) for readers yet to
+come; older ones are dropped, and resuming from before them is refused. Entries hold the
+wire bytes and the name only; the events' data is read back from the wire on the rare
+occasions it is needed whole (the cache).
+
+The events' wire form (`id: <n>`) is made here, once, so that every reader of a generation
+sends the same bytes with the same ids.
+
+A generation ends in one of these outcomes: `done` and `error` (its source ended so),
+`cancelled` (stopped on request: readers get `done {"reason": "cancelled"}`),
+`disconnected` (nobody was left to read it) and `shutdown` (the worker's drain ran out:
+readers get the `shutdown` error event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Protocol
+
+from .events import SHUTDOWN, TERMINAL, Event, encode
+from .observability import metrics
+from .observability.logging import get_logger
+
+log = get_logger("service.generation")
+
+CANCELLED = Event("done", {"reason": "cancelled"})
+INTERNAL = Event("error", {"code": "internal", "message": "internal error"})
+# How far (in encoded bytes) a reader may fall behind before the generation waits for it.
+LAG_BYTES = 16 * 1024
+DEFAULT_MAX_BYTES = 1024 * 1024
+
+
+def new_stream_id() -> str:
+    """128 random bits, URL-safe (RFC 4648 §5 alphabet, no padding)."""
+    return secrets.token_urlsafe(16)
+
+
+class Entry:
+    """One event of a generation: its number, its name, its bytes on the wire, and where
+    those end in the generation's output (for measuring how far behind a reader is)."""
+
+    __slots__ = ("end", "name", "seq", "wire")
+
+    def __init__(self, seq: int, name: str, wire: bytes, end: int) -> None:
+        self.seq = seq
+        self.name = name
+        self.wire = wire
+        self.end = end
+
+    @property
+    def data_json(self) -> bytes:
+        """The event's JSON data, as written on the wire."""
+        start = self.wire.index(b"\ndata: ") + 7
+        return self.wire[start:-2]
+
+
+class Finisher(Protocol):
+    """What the chat layer does around a generation's end (replies.py builds it)."""
+
+    async def before_done(self, generation: Generation) -> Event | None:
+        """Runs before `done` (natural or cancelled) reaches any reader: keep the turn.
+        Returns an event to end with instead, when that fails."""
+        ...
+
+    async def after_end(self, generation: Generation) -> None:
+        """Runs once the generation has ended, whatever the outcome: cache, slot, metrics."""
+        ...
+
+
+class Cursor:
+    """A reader's place in a generation's log."""
+
+    __slots__ = ("generation", "offset", "position")
+
+    def __init__(self, generation: Generation, position: int, offset: int) -> None:
+        self.generation = generation
+        self.position = position  # the last entry read
+        self.offset = offset  # where that entry ends in the generation's output
+
+    async def batches(self) -> AsyncGenerator[list[Entry], None]:
+        """Batches of the entries after this position, as they come, until the last one.
+        Mark each entry sent with `sent`."""
+        generation = self.generation
+        while True:
+            batch = generation.since(self.position)
+            if batch:
+                yield batch
+                continue
+            if generation.ended:
+                return
+            await generation.changed()
+
+    def sent(self, entry: Entry) -> None:
+        self.position = entry.seq
+        self.offset = entry.end
+        generation = self.generation
+        if generation.held_back is not None and generation.lag() <= LAG_BYTES:
+            generation.release()
+
+
+class Generation:
+    def __init__(
+        self,
+        stream_id: str,
+        user: str,
+        source: AsyncIterator[Event],
+        finisher: Finisher,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        self.id = stream_id
+        self.user = user
+        self.entries: list[Entry] = []  # the retained ones; entries[0] has seq `base + 1`
+        self.base = 0
+        self.total = 0  # encoded bytes appended so far
+        self.text: list[str] = []  # every content event's text, retained or not
+        self.outcome: str | None = None  # set once it has ended
+        self.started = time.perf_counter()
+        self.first_content_at: float | None = None
+        self.max_bytes = max_bytes
+        self.held_back: asyncio.Future[None] | None = None
+        self._source = source
+        self._finisher = finisher
+        # Events are numbered 1, 2, ... within the stream.
+        self._prefix = b""
+        self._waiters: list[asyncio.Future[None]] = []
+        self._cursors: set[Cursor] = set()
+        self._stop_reason: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.on_idle: Callable[[Generation], None] | None = None
+        self.on_ended: Callable[[Generation], None] | None = None
+
+    def wire_id(self, seq: int) -> bytes:
+        return self._prefix + b"%d" % seq
+
+    @property
+    def last_seq(self) -> int:
+        return self.base + len(self.entries)
+
+    # --- the generation's own task ------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        metrics.generations_active.inc()
+        outcome = "done"
+        try:
+            events = self._source
+            async with aclosing(events):  # type: ignore[type-var]
+                async for event in events:
+                    if event.name == "done":
+                        event = await self._finisher.before_done(self) or event
+                    self._append(event)
+                    if event.name in TERMINAL:
+                        outcome = "done" if event.name == "done" else "error"
+                        break
+                    if self.held_back is not None:
+                        await self.held_back  # a reader is too far behind: wait for it
+        except asyncio.CancelledError:
+            outcome = self._stop_reason or "shutdown"
+            await self._end_stopped(outcome)
+            if self._stop_reason is None:
+                raise  # the server is cancelling us, not one of our own stops
+        except Exception:
+            log.exception("generation failed", stream=self.id)
+            outcome = "error"
+            self._append(INTERNAL)
+        finally:
+            self.outcome = outcome
+            self._wake()
+            metrics.generations_active.dec()
+            with contextlib.suppress(Exception):
+                await self._finisher.after_end(self)
+            if self.on_ended is not None:
+                self.on_ended(self)
+
+    async def _end_stopped(self, reason: str) -> None:
+        """The last event of a generation stopped from outside, for whoever still reads."""
+        if reason == "cancelled":
+            try:
+                ending = await asyncio.shield(self._finisher.before_done(self)) or CANCELLED
+            except asyncio.CancelledError:
+                ending = CANCELLED
+            self._append(ending)
+        elif reason == "shutdown":
+            self._append(SHUTDOWN)
+        # `disconnected`: nobody is left to tell.
+
+    def _append(self, event: Event) -> None:
+        seq = self.last_seq + 1
+        wire = encode(event, self.wire_id(seq))
+        self.total += len(wire)
+        self.entries.append(Entry(seq, event.name, wire, self.total))
+        if event.name == "content":
+            self.text.append(event.data.get("text", ""))
+            if self.first_content_at is None:
+                self.first_content_at = time.perf_counter()
+        if self.entries[0].end - len(self.entries[0].wire) < self.total - self.max_bytes:
+            self._trim()
+        if self._waiters:
+            self._wake()
+        if self._cursors and self.held_back is None and self.lag() > LAG_BYTES:
+            self.held_back = asyncio.get_running_loop().create_future()
+
+    def _trim(self) -> None:
+        """Keep at most `max_bytes` of entries; attached readers are never that far behind."""
+        keep_from = self.total - self.max_bytes
+        drop = 0
+        for entry in self.entries:
+            if entry.end - len(entry.wire) >= keep_from:
+                break
+            drop += 1
+        del self.entries[:drop]
+        self.base += drop
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def since(self, position: int) -> list[Entry]:
+        """The retained entries after `position` (a reader behind the retained ones gets
+        them from the first retained)."""
+        return self.entries[max(0, position - self.base) :]
+
+    def retains(self, position: int) -> bool:
+        """Whether a reader may start after `position`: everything after it is kept."""
+        return self.base <= position <= self.last_seq
+
+    def changed(self) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def lag(self) -> int:
+        """How far (in encoded bytes) the slowest reader is behind."""
+        if not self._cursors:
+            return 0
+        return self.total - min(cursor.offset for cursor in self._cursors)
+
+    def release(self) -> None:
+        held, self.held_back = self.held_back, None
+        if held is not None and not held.done():
+            held.set_result(None)
+
+    # --- stopping it ---------------------------------------------------------------------
+
+    def stop(self, reason: str) -> None:
+        """End it from outside: `cancelled` (a DELETE), `disconnected` (nobody reads) or
+        `shutdown` (the drain ran out)."""
+        if self._task is not None and not self._task.done() and self._stop_reason is None:
+            self._stop_reason = reason
+            self._task.cancel()
+
+    @property
+    def ended(self) -> bool:
+        return self.outcome is not None
+
+    async def wait_ended(self) -> None:
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    # --- readers -------------------------------------------------------------------------
+
+    def attach(self, after: int = 0) -> Cursor:
+        """A reader from `after` on (check `retains` first)."""
+        offset = self.total
+        for entry in self.since(after):
+            offset = entry.end - len(entry.wire)
+            break
+        cursor = Cursor(self, after, offset)
+        self._cursors.add(cursor)
+        return cursor
+
+    def detach(self, cursor: Cursor) -> None:
+        self._cursors.discard(cursor)
+        if self.held_back is not None and self.lag() <= LAG_BYTES:
+            self.release()
+        if not self._cursors and self.on_idle is not None:
+            self.on_idle(self)
+
+    @property
+    def readers(self) -> int:
+        return len(self._cursors)
+
+
+class Deadline(Protocol):
+    """The worker's drain, as far as a new generation cares: is its graceful period over?"""
+
+    over: bool
+
+
+class Generations:
+    """This worker's generations, by stream id, and when each may go."""
+
+    def __init__(self, drain: Deadline | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._running: dict[str, Generation] = {}
+        self._drain = drain
+        self.max_bytes = max_bytes
+
+    def start(
+        self, user: str, source: Callable[[str], AsyncIterator[Event]], finisher: Finisher
+    ) -> tuple[Generation, Cursor]:
+        """Start a generation, with the cursor of the response that asked for it."""
+        stream_id = new_stream_id()
+        generation = Generation(stream_id, user, source(stream_id), finisher, self.max_bytes)
+        generation.on_idle = self._idle
+        generation.on_ended = self.forget
+        self._running[stream_id] = generation
+        cursor = generation.attach()
+        generation.start()
+        if self._drain is not None and self._drain.over:
+            generation.stop("shutdown")  # its request came in after the drain ran out
+        return generation, cursor
+
+    def _idle(self, generation: Generation) -> None:
+        """Its last reader left: with nobody to come back, it stops now."""
+        generation.stop("disconnected")
+
+    def forget(self, generation: Generation) -> None:
+        self._running.pop(generation.id, None)
+
+    def get(self, stream_id: str) -> Generation | None:
+        return self._running.get(stream_id)
+
+    def all(self) -> list[Generation]:
+        return list(self._running.values())
+
+    async def aclose(self) -> None:
+        for generation in self.all():
+            generation.stop("shutdown")
+        await asyncio.gather(*(g.wait_ended() for g in self.all()), return_exceptions=True)
