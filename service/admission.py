@@ -41,6 +41,8 @@ class CacheTicket:
 
 
 class Admission:
+    __slots__ = ("_cache_settled", "rate", "services", "slot", "ticket")
+
     def __init__(
         self, services: Services, rate: RateResult, slot: str | None, ticket: CacheTicket
     ) -> None:

@@ -38,6 +38,7 @@ from .routes import chat, conversations, health, metrics, pages
 from .shutdown import Drain
 from .state import Services
 from .store import Store
+from .streaming import Hooks
 
 log = get_logger("service.app")
 
@@ -85,6 +86,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
                 settings.max_conversations_per_user,
             ),
             generations=Generations(drain),
+            hooks=Hooks(drain, min(settings.sse_ping_seconds, settings.sse_send_timeout)),
         )
         drain.generations = services.generations
         # What exists now (modules, the app, its routes and resources) lives as long as the
@@ -98,6 +100,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         finally:
             drain.unbind()
             await services.generations.aclose()
+            await services.hooks.aclose()
             await services.slots.aclose()
             await services.cache.aclose()
             await services.backend.aclose()

@@ -50,18 +50,24 @@ def cache_key(backend: str, model: str, message: str, user: str | None = None) -
     """With CHAT_CACHE_SCOPE=user, `user` keeps each user's replies their own."""
     scope = "" if user is None else f"\0{user}"
     digest = hashlib.sha256(f"{backend}\0{model}\0{message}{scope}".encode()).hexdigest()
-    return f"chat:cache:{digest}"
+    # v2: entries are SSE blocks (see `blob_of`); v1 entries, JSON lists, are never read.
+    return f"chat:cache:v2:{digest}"
 
 
-def blob_of(events: Iterable[tuple[str, bytes]]) -> bytes | None:
-    """An entry from (name, JSON data) pairs as the wire has them: the JSON of
-    `[[name, data], ...]`, made without parsing the data again; None past MAX_ENTRY_BYTES."""
-    blob = b"[" + b",".join(b'["%s",%s]' % (name.encode(), data) for name, data in events) + b"]"
+def blob_of(wires: Iterable[bytes]) -> bytes | None:
+    """An entry: the events as the wire has them, less each one's `id:` line (a replay
+    gives them ids of its own); None past MAX_ENTRY_BYTES. Slicing the bytes a stream has
+    already encoded costs far less than encoding its events again."""
+    blob = b"".join([wire[wire.index(b"\n") + 1 :] for wire in wires])
     return blob if len(blob) <= MAX_ENTRY_BYTES else None
 
 
 def loads(blob: bytes) -> list[Event]:
-    return [Event(name, data) for name, data in orjson.loads(blob)]
+    events = []
+    for block in blob.split(b"\n\n")[:-1]:
+        head, _, data = block.partition(b"\ndata: ")
+        events.append(Event(head.removeprefix(b"event: ").decode(), orjson.loads(data)))
+    return events
 
 
 # KEYS = entry, lock; ARGV = lock seconds, the caller's token. One round trip for a look-up
@@ -86,7 +92,9 @@ class ResponseCache:
 
     def __init__(self, ttl: int) -> None:
         self.ttl = ttl
-        self._flights: dict[str, asyncio.Future[None]] = {}
+        # Keys this worker leads, with the future its waiters here wait on, made only once
+        # one does (most leaders have none: a future each would cost every stream 170 B).
+        self._flights: dict[str, asyncio.Future[None] | None] = {}
 
     @property
     def enabled(self) -> bool:
@@ -102,7 +110,7 @@ class ResponseCache:
             return events, False
         if not may_lead:
             return None, False
-        self._flights[key] = asyncio.get_running_loop().create_future()
+        self._flights[key] = None
         return None, True
 
     async def _find(self, key: str) -> tuple[list[Event] | None, bool]:
@@ -134,8 +142,10 @@ class ResponseCache:
 
     async def wait(self, key: str, patience: float = PATIENCE_SECONDS) -> list[Event] | None:
         """Wait for the leader of `key`, then return its stored events, or None if it failed."""
-        flight = self._flights.get(key)
-        if flight is not None:  # the leader is in this worker: wait for it, no polling
+        if key in self._flights:  # the leader is in this worker: wait for it, no polling
+            flight = self._flights[key]
+            if flight is None:
+                flight = self._flights[key] = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(flight), patience)
             except TimeoutError:

@@ -32,15 +32,16 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
-from typing import Protocol
+from typing import Protocol, cast
 
+from .backends import BackendError
 from .events import SHUTDOWN, TERMINAL, Event, encode
 from .observability import metrics
 from .observability.logging import get_logger
 
 log = get_logger("service.generation")
 
+START = Event("start", {"message": "connected"})
 CANCELLED = Event("done", {"reason": "cancelled"})
 INTERNAL = Event("error", {"code": "internal", "message": "internal error"})
 # How far (in encoded bytes) a reader may fall behind before the generation waits for it.
@@ -88,25 +89,32 @@ class Finisher(Protocol):
 class Cursor:
     """A reader's place in a generation's log."""
 
-    __slots__ = ("generation", "offset", "position")
+    __slots__ = ("generation", "offset", "position", "waiter")
 
     def __init__(self, generation: Generation, position: int, offset: int) -> None:
         self.generation = generation
         self.position = position  # the last entry read
         self.offset = offset  # where that entry ends in the generation's output
+        self.waiter: asyncio.Future[None] | None = None  # while it waits for more
 
-    async def batches(self) -> AsyncGenerator[list[Entry], None]:
-        """Batches of the entries after this position, as they come, until the last one.
-        Mark each entry sent with `sent`."""
+    def next(self) -> Entry | None:
+        """The entry after this position, if it has been appended."""
         generation = self.generation
-        while True:
-            batch = generation.since(self.position)
-            if batch:
-                yield batch
-                continue
-            if generation.ended:
-                return
-            await generation.changed()
+        index = self.position - generation.base
+        return generation.entries[index] if index < len(generation.entries) else None
+
+    async def wait(self) -> None:
+        """Until the next entry is appended, or the generation ends."""
+        generation = self.generation
+        if generation.ended:
+            return
+        self.waiter = asyncio.get_running_loop().create_future()
+        generation.waiting += 1
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+            generation.waiting -= 1
 
     def sent(self, entry: Entry) -> None:
         self.position = entry.seq
@@ -117,6 +125,31 @@ class Cursor:
 
 
 class Generation:
+    __slots__ = (
+        "_cursors",
+        "_finisher",
+        "_lag_check_at",
+        "_prefix",
+        "_retained_from",
+        "_source",
+        "_stop_reason",
+        "_task",
+        "base",
+        "entries",
+        "first_content_at",
+        "held_back",
+        "id",
+        "max_bytes",
+        "on_ended",
+        "on_idle",
+        "outcome",
+        "started",
+        "text",
+        "total",
+        "user",
+        "waiting",
+    )
+
     def __init__(
         self,
         stream_id: str,
@@ -136,12 +169,14 @@ class Generation:
         self.first_content_at: float | None = None
         self.max_bytes = max_bytes
         self.held_back: asyncio.Future[None] | None = None
+        self._retained_from = 0  # where entries[0] begins in the output
+        self._lag_check_at = LAG_BYTES
         self._source = source
         self._finisher = finisher
         # Events are numbered 1, 2, ... within the stream.
         self._prefix = b""
-        self._waiters: list[asyncio.Future[None]] = []
-        self._cursors: set[Cursor] = set()
+        self.waiting = 0  # readers waiting for the next entry
+        self._cursors: list[Cursor] = []  # a list: most generations have one reader
         self._stop_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self.on_idle: Callable[[Generation], None] | None = None
@@ -163,17 +198,29 @@ class Generation:
         metrics.generations_active.inc()
         outcome = "done"
         try:
-            events = self._source
-            async with aclosing(events):  # type: ignore[type-var]
+            self._append(START)
+            events = cast(AsyncGenerator[Event, None], self._source)
+            try:
                 async for event in events:
-                    if event.name == "done":
+                    name = event.name
+                    if name == "done":
                         event = await self._finisher.before_done(self) or event
+                        name = event.name
                     self._append(event)
-                    if event.name in TERMINAL:
-                        outcome = "done" if event.name == "done" else "error"
+                    # Not kept while the source takes its time over the next one: an idle
+                    # stream's last event (and its data) would otherwise live on here.
+                    del event
+                    if name in TERMINAL:
+                        outcome = "done" if name == "done" else "error"
                         break
                     if self.held_back is not None:
                         await self.held_back  # a reader is too far behind: wait for it
+            finally:
+                await events.aclose()  # a stop closes the backend's upstream now
+        except BackendError as exc:  # a failure the backend can name, once streaming
+            metrics.backend_errors.labels(exc.code).inc()
+            outcome = "error"
+            self._append(Event("error", {"code": exc.code, "message": exc.message}))
         except asyncio.CancelledError:
             outcome = self._stop_reason or "shutdown"
             await self._end_stopped(outcome)
@@ -205,20 +252,23 @@ class Generation:
         # `disconnected`: nobody is left to tell.
 
     def _append(self, event: Event) -> None:
-        seq = self.last_seq + 1
-        wire = encode(event, self.wire_id(seq))
-        self.total += len(wire)
-        self.entries.append(Entry(seq, event.name, wire, self.total))
-        if event.name == "content":
+        name = event.name
+        seq = self.base + len(self.entries) + 1
+        wire = encode(event, self._prefix + b"%d" % seq)
+        total = self.total = self.total + len(wire)
+        self.entries.append(Entry(seq, name, wire, total))
+        if name == "content":
             self.text.append(event.data.get("text", ""))
             if self.first_content_at is None:
                 self.first_content_at = time.perf_counter()
-        if self.entries[0].end - len(self.entries[0].wire) < self.total - self.max_bytes:
+        if total - self._retained_from > self.max_bytes:
             self._trim()
-        if self._waiters:
+        if self.waiting:
             self._wake()
-        if self._cursors and self.held_back is None and self.lag() > LAG_BYTES:
-            self.held_back = asyncio.get_running_loop().create_future()
+        if total >= self._lag_check_at:  # checked every so many bytes, not every event
+            self._lag_check_at = total + LAG_BYTES // 4
+            if self._cursors and self.held_back is None and self.lag() > LAG_BYTES:
+                self.held_back = asyncio.get_running_loop().create_future()
 
     def _trim(self) -> None:
         """Keep at most `max_bytes` of entries; attached readers are never that far behind."""
@@ -230,11 +280,12 @@ class Generation:
             drop += 1
         del self.entries[:drop]
         self.base += drop
+        self._retained_from = self.entries[0].end - len(self.entries[0].wire)
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
+        for cursor in self._cursors:
+            waiter = cursor.waiter
+            if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
     def since(self, position: int) -> list[Entry]:
@@ -245,11 +296,6 @@ class Generation:
     def retains(self, position: int) -> bool:
         """Whether a reader may start after `position`: everything after it is kept."""
         return self.base <= position <= self.last_seq
-
-    def changed(self) -> asyncio.Future[None]:
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        return waiter
 
     def lag(self) -> int:
         """How far (in encoded bytes) the slowest reader is behind."""
@@ -289,11 +335,12 @@ class Generation:
             offset = entry.end - len(entry.wire)
             break
         cursor = Cursor(self, after, offset)
-        self._cursors.add(cursor)
+        self._cursors.append(cursor)
         return cursor
 
     def detach(self, cursor: Cursor) -> None:
-        self._cursors.discard(cursor)
+        if cursor in self._cursors:
+            self._cursors.remove(cursor)
         if self.held_back is not None and self.lag() <= LAG_BYTES:
             self.release()
         if not self._cursors and self.on_idle is not None:

@@ -41,18 +41,7 @@ NOT_KEPT = Event(
 )
 
 
-def start_event() -> Event:
-    return Event("start", {"message": "connected"})
-
-
-async def fresh(upstream: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    yield start_event()
-    async for event in _guarded(upstream):
-        yield event
-
-
 async def replayed(events: list[Event]) -> AsyncIterator[Event]:
-    yield start_event()
     for event in events:
         yield event
 
@@ -64,7 +53,6 @@ async def followed(
 ) -> AsyncIterator[Event]:
     """An identical request is generating elsewhere: wait for it (pings keep this stream
     alive meanwhile) and replay what it stored; if it failed, generate here after all."""
-    yield start_event()
     stored = await wait()
     if stored is not None:
         finisher.replayed = True  # what it stored is stored already
@@ -72,26 +60,13 @@ async def followed(
             yield event
         return
     try:
-        upstream = await open_backend()
+        upstream = cast(AsyncGenerator[Event, None], await open_backend())
     except UpstreamFailed as exc:
         yield Event("error", {"code": exc.code, "message": exc.detail})
         return
-    async for event in _guarded(upstream):
-        yield event
-
-
-async def _guarded(upstream: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    """The backend's events; a failure it can name becomes an `error` event. aclosing: a
-    stopped generation closes the backend's generator (and its upstream request) now, not
-    whenever the garbage collector gets to it."""
-    events = cast(AsyncGenerator[Event, None], upstream)
-    try:
-        async with aclosing(events):
-            async for event in events:
-                yield event
-    except BackendError as exc:
-        metrics.backend_errors.labels(exc.code).inc()
-        yield Event("error", {"code": exc.code, "message": exc.message})
+    async with aclosing(upstream):
+        async for event in upstream:
+            yield event
 
 
 async def open_backend(backend: Backend, chat: ChatRequest) -> AsyncIterator[Event]:
@@ -145,10 +120,12 @@ async def source_for(
         return followed(
             lambda: open_backend(backend, chat), lambda: services.cache.wait(key), finisher
         )
-    return fresh(await open_unless_gone(receive, backend, chat))
+    return await open_unless_gone(receive, backend, chat)
 
 
 class ChatFinisher:
+    __slots__ = ("admission", "conversation", "conversations", "message", "replayed", "user")
+
     def __init__(
         self, admission: Admission, conversations: Conversations, user: str, message: str
     ) -> None:
@@ -196,6 +173,6 @@ class ChatFinisher:
         )
         stored = None
         if natural and not self.replayed:  # all but `start`
-            stored = blob_of((e.name, e.data_json) for e in entries[1:])
+            stored = blob_of(e.wire for e in entries[1:])
         self.admission.settle_cache(stored)
         self.admission.release()

@@ -3,15 +3,15 @@
 The response, `EventStream`, is one reader of a generation's log (generation.py): it sends
 the entries after a position as they come. It is a pure ASGI callable rather than
 sse-starlette's EventSourceResponse or a Starlette StreamingResponse with a task group: it
-reads in the request's own task and adds one small helper, `_watch`, which waits on
-`receive()`:
+reads in the request's own task and adds one small helper task, `_watch`, which waits on
+`receive()`: when the client goes, the reader stops and leaves the generation (which
+decides, by CHAT_RESUME_WINDOW, whether to wait for a reader to come back or to stop now).
 
-- when the client goes, the reader stops and leaves the generation (which decides, by
-  CHAT_RESUME_WINDOW, whether to wait for a reader to come back or to stop now);
-- once a ping interval it wakes: an idle stream gets a `: ping` comment (the WHATWG SSE
-  comment syntax, ignored by every parser) so proxies with idle timeouts do not cut a slow
-  first token, and a stream whose send has been stuck behind a client that stopped reading
-  for `send_timeout` is cut off instead of holding a buffer forever.
+Once a tick, the worker's ticker (streaming.py) looks at every open stream: an idle one
+gets a `: ping` comment (the WHATWG SSE comment syntax, ignored by every parser) so proxies
+with idle timeouts do not cut a slow first token, and one whose send has been stuck behind
+a client that stopped reading for `send_timeout` is cut off instead of holding a buffer
+forever.
 
 Shutdown: the worker's `Drain` ends still-open streams with an `error` event
 `{"code": "shutdown"}` once the graceful period is over, because uvicorn on SIGTERM waits for
@@ -23,17 +23,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .events import PING, SHUTDOWN, TERMINAL, Event, encode
-from .state import StreamStats, record_of
+from .state import RequestRecord, StreamStats, record_of
 
 if TYPE_CHECKING:
     from .generation import Cursor
+
+
+class StreamHooks(Protocol):
+    """Told when a stream opens and closes (streaming.py: the drain, the stream metrics)."""
+
+    def opened(self, stream: EventStream) -> None: ...
+
+    def closed(self, stream: EventStream) -> None: ...
+
 
 logger = logging.getLogger("service.sse")
 
@@ -45,6 +53,28 @@ SSE_HEADERS = {
 
 
 class EventStream(Response):
+    # Its own state in slots: 5,000 idle streams a worker is the target, and a Response's
+    # instance dict grown by a dozen more attributes costs each of them about 400 bytes.
+    __slots__ = (
+        "_finished",
+        "_idle",
+        "_pinging",
+        "_seen",
+        "_send",
+        "_sending",
+        "_stalled",
+        "_stop_reason",
+        "_streaming",
+        "_task",
+        "cursor",
+        "generation",
+        "hooks",
+        "ping_seconds",
+        "record",
+        "send_timeout",
+        "stats",
+    )
+
     media_type = "text/event-stream"
 
     def __init__(
@@ -54,15 +84,14 @@ class EventStream(Response):
         ping_seconds: float,
         send_timeout: float,
         headers: dict[str, str] | None = None,
-        on_start: Callable[[EventStream], None] | None = None,
-        on_end: Callable[[EventStream], Awaitable[None]] | None = None,
+        hooks: StreamHooks | None = None,
     ) -> None:
         self.cursor = cursor
         self.generation = cursor.generation
         self.ping_seconds = ping_seconds
         self.send_timeout = send_timeout
-        self.on_start = on_start
-        self.on_end = on_end
+        self.hooks = hooks
+        self.record: RequestRecord | None = None
         self.stats = StreamStats()
         self.status_code = 200
         self.background = None
@@ -72,6 +101,11 @@ class EventStream(Response):
         self._streaming = False
         self._sending = False
         self._finished = False
+        # For the ticker: where the stream stood at the last tick, and the ping under way.
+        self._send: Send | None = None
+        self._seen = 0
+        self._idle = self._stalled = 0.0
+        self._pinging: asyncio.Future[None] | None = None
 
     def stop(self, reason: str) -> None:
         """End the stream from outside its task: `disconnected`, `slow_client` or `shutdown`.
@@ -84,17 +118,18 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._task = asyncio.current_task()
-        record = record_of(scope)
+        record = self.record = record_of(scope)
         record.stream = self.stats
         start_send, send = send, record.raw_send
-        if self.on_start:
-            self.on_start(self)
+        if self.hooks is not None:
+            self.hooks.opened(self)
         watcher: asyncio.Task[None] | None = None
         try:
             await start_send(
                 {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
             )
-            watcher = asyncio.create_task(self._watch(receive, send))
+            self._send = send
+            watcher = asyncio.create_task(self._watch(receive))
             await self._stream(send)
         except OSError:
             self.stats.outcome = "disconnected"  # gone before the first byte
@@ -104,9 +139,11 @@ class EventStream(Response):
             self._finished = True
             if watcher is not None:
                 watcher.cancel()
+            if self._pinging is not None:
+                self._pinging.cancel()
             self.generation.detach(self.cursor)
-            if self.on_end:
-                await self.on_end(self)
+            if self.hooks is not None:
+                self.hooks.closed(self)
 
     async def _stream(self, send: Send) -> None:
         stats = self.stats
@@ -118,22 +155,26 @@ class EventStream(Response):
         try:
             try:
                 cursor = self.cursor
-                async for batch in cursor.batches():
-                    for entry in batch:
-                        await self._send_wire(send, entry.wire, entry.name)
-                        cursor.sent(entry)
-                        name = entry.name
-                        if name == "content":
-                            if stats.first_content_at is None:
-                                stats.first_content_at = time.perf_counter()
-                        elif name in TERMINAL:
-                            stats.outcome = "done" if name == "done" else "error"
+                generation = cursor.generation
+                while True:
+                    entry = cursor.next()
+                    if entry is None:
+                        if generation.ended:  # without a last event: nothing more will come
                             await send(END)
-                            self._finished = True
                             return
-                # The log ended without a last event: nothing more will come.
-                await send(END)
-                return
+                        await cursor.wait()
+                        continue
+                    await self._send_wire(send, entry.wire, entry.name)
+                    cursor.sent(entry)
+                    name = entry.name
+                    if name == "content":
+                        if stats.first_content_at is None:
+                            stats.first_content_at = time.perf_counter()
+                    elif name in TERMINAL:
+                        stats.outcome = "done" if name == "done" else "error"
+                        await send(END)
+                        self._finished = True
+                        return
             except asyncio.CancelledError:
                 if self._stop_reason is None:
                     stats.outcome = "shutdown"  # the server itself is cancelling us
@@ -166,50 +207,47 @@ class EventStream(Response):
         stats = self.stats
         stats.events += 1
         stats.bytes += len(body)
-        stats.counts[name] = stats.counts.get(name, 0) + 1
+        stats.count(name)
 
-    async def _watch(self, receive: Receive, send: Send) -> None:
-        """Wait on `receive()` for the client to go, waking once a tick to keep the stream
-        alive. One task per stream rather than two: an idle stream's memory is mostly its
-        tasks, and 5,000 of them per worker is the target.
+    async def _watch(self, receive: Receive) -> None:
+        """Wait on `receive()` for the client to go. One task per stream: an idle stream's
+        memory is mostly its tasks, and 5,000 of them per worker is the target."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.stop("disconnected")
 
-        Checked once a tick rather than timed per event, so the hot path pays nothing: an
-        idle stream is pinged between one and two intervals after its last event, and a
-        send stuck behind a client that stopped reading is cut off after `send_timeout`."""
-        tick = min(self.ping_seconds, self.send_timeout)
-        seen = 0
-        idle = stalled = 0.0
-        while True:
-            try:
-                async with asyncio.timeout(tick):
-                    message = await receive()
-            except TimeoutError:
-                pass
-            else:
-                if message["type"] == "http.disconnect":
-                    self.stop("disconnected")
-                    return
-                continue
-            events = self.stats.events
-            if events != seen:
-                seen, idle, stalled = events, 0.0, 0.0
-                continue
-            if self._sending:
-                stalled += tick
-                if stalled >= self.send_timeout:
-                    self.stop("slow_client")
-                    return
-                continue
-            idle += tick
-            if idle >= self.ping_seconds:
-                idle = 0.0
-                # A ping can block behind a full buffer as well as an event can.
-                try:
-                    async with asyncio.timeout(self.send_timeout):
-                        await send({"type": "http.response.body", "body": PING, "more_body": True})
-                except TimeoutError:
-                    self.stop("slow_client")
-                    return
+    def tick(self, seconds: float) -> None:
+        """Called every `seconds` by the worker's one ticker (streaming.Ticker) rather than
+        by a timer per stream, so the hot path pays nothing: an idle stream is pinged
+        between one and two intervals after its last event, and a send stuck behind a
+        client that stopped reading is cut off after `send_timeout`."""
+        if self._finished or self._send is None:
+            return
+        events = self.stats.events
+        if events != self._seen:
+            self._seen, self._idle, self._stalled = events, 0.0, 0.0
+            return
+        if self._sending:
+            self._stalled += seconds
+            if self._stalled >= self.send_timeout:
+                self.stop("slow_client")
+            return
+        self._idle += seconds
+        if self._idle >= self.ping_seconds and self._pinging is None:
+            self._idle = 0.0
+            self._pinging = asyncio.ensure_future(self._ping(self._send))
+
+    async def _ping(self, send: Send) -> None:
+        # A ping can block behind a full buffer as well as an event can.
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await send({"type": "http.response.body", "body": PING, "more_body": True})
+        except TimeoutError:
+            self.stop("slow_client")
+        except OSError:
+            pass  # gone: the watcher says so
+        finally:
+            self._pinging = None
 
 
 END = {"type": "http.response.body", "body": b"", "more_body": False}

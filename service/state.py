@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .observability.metrics import SharedCollection
     from .shutdown import Drain
     from .store import Store
+    from .streaming import Hooks
 
 
 @dataclass(slots=True)
@@ -42,17 +43,30 @@ class Services:
     cache: ResponseCache
     conversations: Conversations
     generations: Generations
+    hooks: Hooks
+
+
+EVENT_NAMES = ("start", "thinking", "content", "done", "error")
+EVENT_INDEX = {name: index for index, name in enumerate(EVENT_NAMES)}
 
 
 @dataclass(slots=True)
 class StreamStats:
-    """What the access line and the metrics say about one response when it ends."""
+    """What the access line and the metrics say about one response when it ends. Events
+    are counted by name in a list (an idle stream's dict of counts cost 232 bytes)."""
 
     outcome: str = "done"
     events: int = 0
     bytes: int = 0
     first_content_at: float | None = None
-    counts: dict[str, int] = field(default_factory=dict)
+    by_name: list[int] = field(default_factory=lambda: [0] * len(EVENT_NAMES))
+
+    def count(self, name: str) -> None:
+        self.by_name[EVENT_INDEX.get(name, EVENT_INDEX["error"])] += 1
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {name: n for name, n in zip(EVENT_NAMES, self.by_name, strict=True) if n}
 
 
 @dataclass(slots=True)
