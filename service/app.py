@@ -34,7 +34,8 @@ from .limits import make_limits
 from .observability.logging import access_logger, get_logger
 from .observability.metrics import SharedCollection
 from .observability.middleware import RequestContext
-from .routes import chat, conversations, health, metrics, pages
+from .relay import Relay
+from .routes import chat, conversations, health, metrics, pages, streams
 from .shutdown import Drain
 from .state import Services
 from .store import Store
@@ -85,7 +86,12 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
                 settings.history_ttl,
                 settings.max_conversations_per_user,
             ),
-            generations=Generations(drain),
+            generations=Generations(
+                drain,
+                settings.resume_max_bytes,
+                settings.resume_window,
+                Relay(store, settings.resume_window, settings.resume_max_bytes) if store else None,
+            ),
             hooks=Hooks(drain, min(settings.sse_ping_seconds, settings.sse_send_timeout)),
         )
         drain.generations = services.generations
@@ -98,6 +104,11 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # Detached generations have no connection for uvicorn to wait for: they get the
+            # rest of the graceful period here (with Redis their clients may be reading
+            # them from another pod), then the drain ends them with `shutdown`.
+            if drain.draining:
+                await drain.until_over(services.generations.wait_ended())
             drain.unbind()
             await services.generations.aclose()
             await services.hooks.aclose()
@@ -118,7 +129,14 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         # This service reports through Prometheus and its JSON log lines instead.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    routers = (pages.router, chat.router, conversations.router, health.router, metrics.router)
+    routers = (
+        pages.router,
+        streams.router,  # before chat's: `/chat/{message}` matches `/chat/streams/...` too
+        chat.router,
+        conversations.router,
+        health.router,
+        metrics.router,
+    )
     for router in routers:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR, check_dir=False), name="static")

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     history_turns: int = Field(20, ge=0)
     history_ttl: int = Field(604800, ge=1)
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    resume_window: float = Field(30.0, ge=0, le=3600)
+    resume_max_bytes: int = Field(1_048_576, ge=16_384, le=64 * 1_048_576)
     sse_ping_seconds: float = Field(15.0, gt=0, le=3600)
     sse_send_timeout: float = Field(30.0, gt=0, le=3600)
 

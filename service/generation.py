@@ -32,16 +32,18 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .backends import BackendError
 from .events import SHUTDOWN, TERMINAL, Event, encode
+
+if TYPE_CHECKING:
+    from .relay import Relay
 from .observability import metrics
 from .observability.logging import get_logger
 
 log = get_logger("service.generation")
 
-START = Event("start", {"message": "connected"})
 CANCELLED = Event("done", {"reason": "cancelled"})
 INTERNAL = Event("error", {"code": "internal", "message": "internal error"})
 # How far (in encoded bytes) a reader may fall behind before the generation waits for it.
@@ -135,14 +137,18 @@ class Generation:
         "_stop_reason",
         "_task",
         "base",
+        "cache_mode",
         "entries",
         "first_content_at",
         "held_back",
         "id",
+        "idle_timer",
         "max_bytes",
+        "on_append",
         "on_ended",
         "on_idle",
         "outcome",
+        "published",
         "started",
         "text",
         "total",
@@ -173,14 +179,18 @@ class Generation:
         self._lag_check_at = LAG_BYTES
         self._source = source
         self._finisher = finisher
-        # Events are numbered 1, 2, ... within the stream.
-        self._prefix = b""
+        # Each event's id names the stream and its place in it: `<stream>:<n>`.
+        self._prefix = stream_id.encode() + b":"
+        self.cache_mode = "MISS"  # what X-Cache said when it started
+        self.idle_timer: asyncio.TimerHandle | None = None  # while nobody reads it
         self.waiting = 0  # readers waiting for the next entry
         self._cursors: list[Cursor] = []  # a list: most generations have one reader
         self._stop_reason: str | None = None
         self._task: asyncio.Task[None] | None = None
         self.on_idle: Callable[[Generation], None] | None = None
         self.on_ended: Callable[[Generation], None] | None = None
+        self.on_append: Callable[[Generation], None] | None = None  # relay.py, with Redis
+        self.published = 0  # the last entry relay.py has sent to Redis
 
     def wire_id(self, seq: int) -> bytes:
         return self._prefix + b"%d" % seq
@@ -198,7 +208,7 @@ class Generation:
         metrics.generations_active.inc()
         outcome = "done"
         try:
-            self._append(START)
+            self._append(Event("start", {"message": "connected", "stream": self.id}))
             events = cast(AsyncGenerator[Event, None], self._source)
             try:
                 async for event in events:
@@ -254,13 +264,17 @@ class Generation:
     def _append(self, event: Event) -> None:
         name = event.name
         seq = self.base + len(self.entries) + 1
-        wire = encode(event, self._prefix + b"%d" % seq)
-        total = self.total = self.total + len(wire)
-        self.entries.append(Entry(seq, name, wire, total))
         if name == "content":
             self.text.append(event.data.get("text", ""))
             if self.first_content_at is None:
                 self.first_content_at = time.perf_counter()
+        self._add(seq, name, encode(event, self._prefix + b"%d" % seq))
+
+    def _add(self, seq: int, name: str, wire: bytes) -> None:
+        total = self.total = self.total + len(wire)
+        self.entries.append(Entry(seq, name, wire, total))
+        if self.on_append is not None:
+            self.on_append(self)
         if total - self._retained_from > self.max_bytes:
             self._trim()
         if self.waiting:
@@ -358,34 +372,137 @@ class Deadline(Protocol):
 
 
 class Generations:
-    """This worker's generations, by stream id, and when each may go."""
+    """This worker's generations, by stream id, and how long each may go on unread.
 
-    def __init__(self, drain: Deadline | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    When a generation's last reader leaves, it goes on for `window` seconds
+    (CHAT_RESUME_WINDOW) for one to come back, then stops (`disconnected`); with a window of
+    0 it stops at once, in the same turn of the loop. Once ended, it stays resumable for
+    `window` more seconds, so the tail of a reply is never lost to a drop just before its
+    last event. With Redis (`relay`), its events are in Redis too: a resume or a stop for a
+    stream this worker does not run goes there, and after its end this worker keeps none.
+    """
+
+    def __init__(
+        self,
+        drain: Deadline | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        window: float = 0.0,
+        relay: Relay | None = None,
+    ) -> None:
         self._running: dict[str, Generation] = {}
         self._drain = drain
         self.max_bytes = max_bytes
+        self.window = window
+        self.relay = relay
+        self._checks: set[asyncio.Future[None]] = set()
 
     def start(
-        self, user: str, source: Callable[[str], AsyncIterator[Event]], finisher: Finisher
+        self,
+        user: str,
+        source: AsyncIterator[Event],
+        finisher: Finisher,
+        cache_mode: str = "MISS",
     ) -> tuple[Generation, Cursor]:
         """Start a generation, with the cursor of the response that asked for it."""
         stream_id = new_stream_id()
-        generation = Generation(stream_id, user, source(stream_id), finisher, self.max_bytes)
+        generation = Generation(stream_id, user, source, finisher, self.max_bytes)
+        generation.cache_mode = cache_mode
         generation.on_idle = self._idle
-        generation.on_ended = self.forget
+        generation.on_ended = self._ended
         self._running[stream_id] = generation
+        if self.relay is not None:
+            self.relay.track(generation)
         cursor = generation.attach()
         generation.start()
         if self._drain is not None and self._drain.over:
             generation.stop("shutdown")  # its request came in after the drain ran out
         return generation, cursor
 
+    async def resume(self, stream_id: str, user: str, after: int) -> Cursor | None:
+        """A reader of `user`'s stream from after entry `after`, or None: unknown, ended
+        past its window, not retained from there, or another user's, all alike."""
+        generation = self._running.get(stream_id)
+        if generation is None and self.relay is not None:
+            generation = await self.relay.mirror(stream_id, user, after)
+            if generation is not None:
+                generation.on_idle = self._mirror_idle
+                generation.on_ended = self.forget
+                self._running[stream_id] = generation
+                cursor = generation.attach(after)
+                generation.start()
+                return cursor
+        if generation is None or generation.user != user or not generation.retains(after):
+            return None
+        if generation.idle_timer is not None:
+            generation.idle_timer.cancel()
+            generation.idle_timer = None
+        return generation.attach(after)
+
+    async def stop(self, stream_id: str, user: str) -> bool:
+        """Stop `user`'s generation (`cancelled`) wherever it runs; False if there is none."""
+        generation = self._running.get(stream_id)
+        if generation is not None and generation.user == user and not _is_mirror(generation):
+            generation.stop("cancelled")
+            return True
+        if self.relay is not None:
+            return await self.relay.stop(stream_id, user)
+        return generation is not None and generation.user == user
+
     def _idle(self, generation: Generation) -> None:
-        """Its last reader left: with nobody to come back, it stops now."""
-        generation.stop("disconnected")
+        """Its last reader left: it waits `window` for one to come back, or stops now."""
+        if generation.ended:
+            return
+        if not self.window:
+            generation.stop("disconnected")
+            return
+        loop = asyncio.get_running_loop()
+        generation.idle_timer = loop.call_later(self.window, self._unread, generation)
+
+    def _mirror_idle(self, generation: Generation) -> None:
+        generation.stop("disconnected")  # nobody here reads it: stop following it
+
+    def _unread(self, generation: Generation) -> None:
+        generation.idle_timer = None
+        if generation.readers or generation.ended:
+            return
+        if self.relay is None:
+            generation.stop("disconnected")
+            return
+        checking = asyncio.ensure_future(self._unread_everywhere(generation))
+        self._checks.add(checking)
+        checking.add_done_callback(self._checks.discard)
+
+    async def _unread_everywhere(self, generation: Generation) -> None:
+        assert self.relay is not None
+        if await self.relay.read_elsewhere(generation):  # a reader on another worker
+            loop = asyncio.get_running_loop()
+            generation.idle_timer = loop.call_later(1.0, self._unread, generation)
+        elif not generation.readers:
+            generation.stop("disconnected")
+
+    def _ended(self, generation: Generation) -> None:
+        if generation.idle_timer is not None:
+            generation.idle_timer.cancel()
+            generation.idle_timer = None
+        log.info(
+            "generation finished",
+            stream=generation.id,
+            user=generation.user,
+            outcome=generation.outcome,
+            events=generation.last_seq,
+            duration_ms=round((time.perf_counter() - generation.started) * 1000, 2),
+        )
+        if self.relay is not None:
+            self.relay.ended(generation)  # resumable from Redis: nothing kept here
+            self.forget(generation)
+        elif self.window and generation.outcome != "shutdown":
+            asyncio.get_running_loop().call_later(self.window, self.forget, generation)
+        else:
+            self.forget(generation)
 
     def forget(self, generation: Generation) -> None:
-        self._running.pop(generation.id, None)
+        if self._running.get(generation.id) is generation:
+            del self._running[generation.id]
 
     def get(self, stream_id: str) -> Generation | None:
         return self._running.get(stream_id)
@@ -393,7 +510,20 @@ class Generations:
     def all(self) -> list[Generation]:
         return list(self._running.values())
 
+    def running(self) -> list[Generation]:
+        return [g for g in self._running.values() if not g.ended]
+
+    async def wait_ended(self) -> None:
+        """Until every generation running now has ended."""
+        await asyncio.gather(*(g.wait_ended() for g in self.running()), return_exceptions=True)
+
     async def aclose(self) -> None:
-        for generation in self.all():
+        for generation in self.running():
             generation.stop("shutdown")
-        await asyncio.gather(*(g.wait_ended() for g in self.all()), return_exceptions=True)
+        await self.wait_ended()
+        if self.relay is not None:
+            await self.relay.aclose()
+
+
+def _is_mirror(generation: Generation) -> bool:
+    return type(generation) is not Generation

@@ -78,9 +78,12 @@ class RateResult:
 
 class Windows(Protocol):
     """Where the fixed windows are counted: `count` spends one and returns the count and
-    when the window ends (epoch seconds); `known_end` is when this worker last saw it end."""
+    when the window ends (epoch seconds); `known_end` is when this worker last saw it end.
+    `peek` returns the same without spending."""
 
     async def count(self, key: str, expiry: int, known_end: float) -> tuple[int, float]: ...
+
+    async def peek(self, key: str, expiry: int) -> tuple[int, float]: ...
 
 
 class MemoryWindows:
@@ -92,6 +95,10 @@ class MemoryWindows:
     async def count(self, key: str, expiry: int, known_end: float) -> tuple[int, float]:
         count = await self.storage.incr(key, expiry)
         return count, await self.storage.get_expiry(key)
+
+    async def peek(self, key: str, expiry: int) -> tuple[int, float]:
+        count = await self.storage.get(key)
+        return count, await self.storage.get_expiry(key) if count else time.time() + expiry
 
 
 class RedisWindows:
@@ -114,6 +121,19 @@ class RedisWindows:
             lambda: asyncio.gather(storage.incr(key, expiry), storage.get_expiry(key)),
             (0, now + expiry),
         )
+
+    async def peek(self, key: str, expiry: int) -> tuple[int, float]:
+        prefixed = self.storage.bridge.prefixed_key(key)
+
+        async def read() -> tuple[int, float]:
+            count, ttl = await asyncio.gather(
+                self.store.pipeline.execute("GET", prefixed),
+                self.store.pipeline.execute("TTL", prefixed),
+            )
+            left = int(ttl) if int(ttl) > 0 else expiry
+            return int(count or 0), time.time() + left
+
+        return await self.store.call("rate_limit", read, (0, time.time() + expiry))
 
 
 class RateLimits:
@@ -144,6 +164,13 @@ class RateLimits:
             del self._exhausted[storage_key]
             return None
         return RateResult(False, self.item.amount, 0, max(1, math.ceil(left)))
+
+    async def peek(self, key: str) -> RateResult:
+        """Where `key` stands, spending nothing (for a resumed stream's headers)."""
+        item = self.item
+        count, reset_at = await self.windows.peek(item.key_for(key), item.get_expiry())
+        reset = max(0, math.ceil(reset_at - time.time()))
+        return RateResult(count < item.amount, item.amount, max(0, item.amount - count), reset)
 
     async def hit(self, key: str) -> RateResult:
         """Spend one from `key`'s budget."""

@@ -137,7 +137,9 @@ class ChatApplication(BaseApplication):  # type: ignore[misc]
             binds.append(f"{settings.host}:{settings.metrics_port}")
         options: dict[str, Any] = {
             "bind": binds,
-            "workers": settings.workers or default_workers(),
+            # Without Redis every piece of state (limits, cache, history, resume) is per
+            # worker: one worker keeps them exact.
+            "workers": settings.workers or (default_workers() if settings.redis_url else 1),
             "worker_class": "service.server.Worker",
             "logger_class": "service.server.GunicornLogger",
             "graceful_timeout": int(settings.graceful_timeout) + KILL_MARGIN_SECONDS,

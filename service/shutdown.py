@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Protocol
 
 logger = logging.getLogger("service.shutdown")
@@ -34,6 +34,7 @@ class Drain:
         self.grace_seconds = grace_seconds
         self.draining = False
         self.over = False  # the graceful period has ended
+        self._over = asyncio.Event()
         self.streams: set[Stoppable] = set()
         self.generations: Running | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,6 +62,15 @@ class Drain:
         assert self._loop is not None
         self._loop.call_later(self.grace_seconds, self._end_streams)
 
+    async def until_over(self, work: Awaitable[None]) -> None:
+        """Wait for `work`, but not past the end of the graceful period."""
+        task = asyncio.ensure_future(work)
+        over = asyncio.ensure_future(self._over.wait())
+        await asyncio.wait({task, over}, return_when=asyncio.FIRST_COMPLETED)
+        over.cancel()
+        if not task.done():
+            task.cancel()
+
     def add(self, stream: Stoppable) -> None:
         self.streams.add(stream)
         if self.over:
@@ -68,6 +78,7 @@ class Drain:
 
     def _end_streams(self) -> None:
         self.over = True
+        self._over.set()
         log = logger.warning if self.streams else logger.info
         log("graceful period over; ending open streams", extra={"streams": len(self.streams)})
         if self.generations is not None:

@@ -1,11 +1,14 @@
 """How a generation becomes an HTTP response: an `EventStream` reading it, registered with
-the worker's drain, counted in the stream metrics when it ends."""
+the worker's drain, counted in the stream metrics when it ends; and how a client comes
+back to one (`resume`) or stops it (`stop`)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
+from .errors import NotFoundError
 from .generation import Cursor
 from .observability import metrics
 from .shutdown import Drain
@@ -56,6 +59,10 @@ class Hooks:
             metrics.stream_events.labels(name).inc(count)
 
 
+LAST_EVENT_ID = re.compile(r"([A-Za-z0-9_-]{22}):([0-9]{1,9})")
+NOT_FOUND = "stream not found"
+
+
 def respond(
     services: Services, cursor: Cursor, record: RequestRecord, headers: dict[str, str]
 ) -> EventStream:
@@ -65,6 +72,47 @@ def respond(
         cursor,
         ping_seconds=settings.sse_ping_seconds,
         send_timeout=settings.sse_send_timeout,
-        headers=headers,
+        headers={**headers, "X-Stream-ID": cursor.generation.id},
         hooks=services.hooks,
     )
+
+
+def parse_last_event_id(value: str) -> tuple[str, int] | None:
+    """`<stream>:<n>` as the events' ids are written; None for anything else."""
+    match = LAST_EVENT_ID.fullmatch(value.strip())
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+async def resume(
+    services: Services, record: RequestRecord, user: str, stream_id: str, after: int
+) -> EventStream:
+    """The events of `user`'s stream after entry `after`, then the live rest. Spends no rate
+    or token budget and takes no stream slot: it starts nothing. 404, the same in every
+    case, for a stream unknown, expired, not retained from there, or another user's."""
+    cursor = await services.generations.resume(stream_id, user, after)
+    if cursor is None:
+        metrics.stream_resumes.labels("not_found").inc()
+        raise NotFoundError(NOT_FOUND)
+    metrics.stream_resumes.labels("resumed").inc()
+    record.resumed = True
+    rate = await services.rate_limits.peek(f"user:{user}")
+    headers = {**rate.headers(), "X-Cache": cursor.generation.cache_mode}
+    return respond(services, cursor, record, headers)
+
+
+async def resume_from_header(
+    services: Services, record: RequestRecord, user: str, last_event_id: str
+) -> EventStream:
+    """A chat request that carries a `Last-Event-ID` (EventSource-style clients reconnect
+    so): it resumes that stream instead of starting another, or is a 404."""
+    parsed = parse_last_event_id(last_event_id)
+    if parsed is None:
+        metrics.stream_resumes.labels("not_found").inc()
+        raise NotFoundError(NOT_FOUND)
+    return await resume(services, record, user, *parsed)
+
+
+async def stop(services: Services, user: str, stream_id: str) -> None:
+    """Stop `user`'s generation wherever it runs; 404 if there is none."""
+    if not await services.generations.stop(stream_id, user):
+        raise NotFoundError(NOT_FOUND)

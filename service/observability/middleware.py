@@ -104,7 +104,10 @@ class RequestContext:
                 ttft_ms=round((ttft - started) * 1000, 2) if ttft is not None else None,
                 cache=record.cache or "MISS",
                 message_chars=record.message_chars,
+                stream=record.stream_id,
             )
+            if record.resumed:
+                fields["resumed"] = True
         log = self.log.error if status >= 500 else self.log.info
         log("stream finished" if stream else "request", **fields)
 

@@ -19,7 +19,7 @@ from ..deps import AppServices, CurrentUser
 from ..errors import InvalidInput, UnsupportedMediaType
 from ..sse import EventStream
 from ..state import Services, record_of
-from ..streaming import respond
+from ..streaming import respond, resume_from_header
 
 router = APIRouter(tags=["chat"])
 
@@ -39,6 +39,7 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
     401: {"description": "Missing or invalid bearer token"},
+    404: {"description": "Last-Event-ID names no stream of this user's (to resume)"},
     413: {"description": "Request body too large"},
     415: {"description": "Body is not JSON"},
     422: {"description": "Empty, too long or malformed message"},
@@ -63,6 +64,9 @@ async def chat_get(
     message: Annotated[str, Path(min_length=1)],
 ) -> EventStream:
     """Stream a reply to the message in the path."""
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id:
+        return await resume_from_header(services, record_of(request.scope), user.sub, last_event_id)
     return await _respond(request, services, user.sub, _checked(request, services, message))
 
 
@@ -80,6 +84,9 @@ async def chat_get(
 )
 async def chat_post(request: Request, user: CurrentUser, services: AppServices) -> EventStream:
     """Stream a reply to `{"message": ...}`."""
+    last_event_id = request.headers.get("last-event-id")
+    if last_event_id:
+        return await resume_from_header(services, record_of(request.scope), user.sub, last_event_id)
     body = await _json_body(request)
     message = _checked(request, services, body.message)
     return await _respond(request, services, user.sub, message, body.conversation_id)
@@ -136,5 +143,5 @@ async def _respond(
     except BaseException:
         admission.release()  # nothing will stream: hand back what admission took
         raise
-    _, cursor = services.generations.start(user, lambda _: source, finisher)
+    _, cursor = services.generations.start(user, source, finisher, admission.ticket.mode)
     return respond(services, cursor, record, admission.headers())

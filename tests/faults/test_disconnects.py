@@ -71,6 +71,9 @@ def test_200_clients_leaving_mid_stream_are_cancelled_logged_and_leave_no_memory
         "CHAT_DEMO_DELAY_SCALE": "1",  # 2 s of thinking: every client leaves mid-stream
         **LIMITS_OFF,
         "CHAT_CACHE_TTL": "0",
+        # Nobody comes back for them: the generations end with their clients, as the
+        # contract says of CHAT_RESUME_WINDOW=0.
+        "CHAT_RESUME_WINDOW": "0",
     }
     with running_service(env, workers=2) as svc:
         workers = svc.worker_pids()

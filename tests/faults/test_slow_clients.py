@@ -88,6 +88,10 @@ def outcome() -> Iterator[Outcome]:
         "CHAT_MAX_MESSAGE_CHARS": str(MESSAGE_CHARS),
         **LIMITS_OFF,
         "CHAT_CACHE_TTL": "0",
+        # A client cut off is gone for good: its generation goes with it, and the next
+        # round measures the stalls alone (a resumable one keeps up to
+        # CHAT_RESUME_MAX_BYTES of its reply for CHAT_RESUME_WINDOW).
+        "CHAT_RESUME_WINDOW": "0",
     }
     with running_service(env, workers=2) as svc:
         workers = svc.worker_pids()

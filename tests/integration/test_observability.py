@@ -28,7 +28,7 @@ def test_every_stdout_line_is_json_with_the_contract_keys(
     assert records
     for record in records:
         assert {"timestamp", "level", "event"} <= record.keys()
-    summary = next(r for r in records if r.get("user") == "log-user" and r["method"] == "GET")
+    summary = next(r for r in records if r.get("user") == "log-user" and r.get("method") == "GET")
     for key in (
         "request_id",
         "method",

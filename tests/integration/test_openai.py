@@ -36,6 +36,8 @@ def svc(upstream: FakeOpenAI) -> Iterator[Service]:
         "CHAT_OPENAI_IDLE_TIMEOUT": "1",
         "CHAT_RATE_LIMIT": "100000/minute",
         "CHAT_MAX_STREAMS_PER_USER": "100",
+        # A client that leaves cancels its generation at once (resume has tests of its own).
+        "CHAT_RESUME_WINDOW": "0",
     }
     with running_service(env, workers=2) as service:
         yield service

@@ -102,6 +102,7 @@ def test_open_stream_limit_holds_across_workers_and_releases(redis: RedisServer)
         "CHAT_MAX_STREAMS_PER_USER": "2",
         "CHAT_DEMO_DELAY_SCALE": "1",
         "CHAT_CACHE_TTL": "0",
+        "CHAT_RESUME_WINDOW": "0",  # the client's going ends the generation, and its slot
     }
     token = make_token(sub="streamer")
     with running_service(env, workers=2) as svc:

@@ -28,8 +28,10 @@ def test_events_come_in_the_contract_order_with_ids_and_fields(client: httpx.Cli
     assert names[0] == "start" and names[-1] == "done"
     assert names[1:5] == ["thinking"] * 4
     assert set(names[5:-1]) == {"content"}
-    assert [e.id for e in stream.events] == [str(i) for i in range(1, len(names) + 1)]
-    assert "message" in stream.events[0].data
+    stream_id = stream.headers["x-stream-id"]
+    assert len(stream_id) >= 22  # 128 random bits, URL-safe
+    assert [e.id for e in stream.events] == [f"{stream_id}:{i}" for i in range(1, len(names) + 1)]
+    assert stream.events[0].data == {"message": "connected", "stream": stream_id}
     assert [e.data["step"] for e in stream.events[1:5]] == THINKING
     assert stream.events[0].data["message"] == "connected"
     assert stream.events[-1].data["reason"] == "complete"
@@ -39,8 +41,11 @@ def test_events_come_in_the_contract_order_with_ids_and_fields(client: httpx.Cli
 def test_wire_format_is_exact(client: httpx.Client) -> None:
     stream = stream_chat(client, "GET", "/chat/hi", headers=bearer())
 
-    assert stream.raw.startswith(b'id: 1\nevent: start\ndata: {"message":"connected"}\n\n')
-    assert b'id: 6\nevent: content\ndata: {"text":"Y"}\n\n' in stream.raw
+    sid = stream.headers["x-stream-id"].encode()
+    assert stream.raw.startswith(
+        b'id: %s:1\nevent: start\ndata: {"message":"connected","stream":"%s"}\n\n' % (sid, sid)
+    )
+    assert b'id: %s:6\nevent: content\ndata: {"text":"Y"}\n\n' % sid in stream.raw
     assert stream.raw.endswith(b"\n\n")
 
 

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from .tokens import SECRET
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,6 +128,17 @@ class Service:
         finally:
             for other in others:
                 os.kill(other, signal.SIGCONT)
+
+    @contextmanager
+    def client_of(self, pid: int, timeout: float = 30) -> Iterator[httpx.Client]:
+        """An HTTP client whose one keep-alive connection worker `pid` holds, while every
+        worker runs: the connection is made (and proven, by a request it answers) while
+        only that worker accepts."""
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        with httpx.Client(base_url=self.url, timeout=timeout, limits=limits) as http:
+            with self.served_by(pid):
+                assert http.get("/healthz").status_code == 200
+            yield http
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:

@@ -1,0 +1,59 @@
+"""A stream by its id: resume it after the last event a client saw, or stop it."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from .. import streaming
+from ..deps import AppServices, CurrentUser
+from ..errors import NotFoundError
+from ..sse import EventStream
+from ..state import record_of
+
+router = APIRouter(tags=["streams"])
+
+StreamId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid bearer token"},
+    404: {"description": "No such stream for this user (unknown, expired, or not retained)"},
+}
+
+
+@router.get(
+    "/chat/streams/{stream_id}",
+    status_code=200,
+    response_class=EventStream,
+    responses={
+        200: {
+            "description": "Server-Sent Events: the events after Last-Event-ID, then the rest",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **RESPONSES,
+    },
+)
+async def resume_stream(
+    request: Request,
+    user: CurrentUser,
+    services: AppServices,
+    stream_id: StreamId,
+    last_event_id: Annotated[str | None, Query(max_length=200)] = None,
+) -> EventStream:
+    """Resume a stream after `Last-Event-ID` (header, or `?last_event_id=`)."""
+    value = request.headers.get("last-event-id") or last_event_id
+    after = 0
+    if value:
+        parsed = streaming.parse_last_event_id(value)
+        if parsed is None or parsed[0] != stream_id:
+            raise NotFoundError(streaming.NOT_FOUND)
+        after = parsed[1]
+    record = record_of(request.scope)
+    return await streaming.resume(services, record, user.sub, stream_id, after)
+
+
+@router.delete("/chat/streams/{stream_id}", status_code=204, responses=RESPONSES)
+async def stop_stream(user: CurrentUser, services: AppServices, stream_id: StreamId) -> Response:
+    """Stop the stream's generation, wherever it runs."""
+    await streaming.stop(services, user.sub, stream_id)
+    return Response(status_code=204)
