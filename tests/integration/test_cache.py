@@ -4,28 +4,17 @@ for CHAT_CACHE_TTL seconds and no longer, and CHAT_CACHE_TTL=0 stores nothing.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 import redis as sync_redis
 
 from tests.support.metrics import metric
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer
 from tests.support.service import Service, running_service
 from tests.support.sse import stream_chat
 from tests.support.tokens import bearer
 
 TTL = 1
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[RedisServer | None]:
-    if request.param == "memory":
-        yield None
-        return
-    with running_redis() as server:
-        yield server
 
 
 def _env(store: RedisServer | None, ttl: int) -> dict[str, str]:

@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
-import pytest
 import redis as sync_redis
 
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import Service, running_service
 from tests.support.sse import Stream, read_stream, stream_chat
 from tests.support.tokens import bearer, make_token
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[RedisServer | None]:
-    if request.param == "memory":
-        yield None
-        return
-    with running_redis() as server:
-        yield server
 
 
 def _env(store: RedisServer | None, **extra: str) -> dict[str, str]:

@@ -9,29 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from tests.support.demo_text import THINKING, demo_reply
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer
 from tests.support.service import Service, running_service
 from tests.support.sse import Received, read_stream, stream_chat
 from tests.support.tokens import bearer, make_token
 
 MESSAGE = "come back"
 DELAY = "0.1"  # 2 s of thinking and ~2.4 s of characters, scaled: 0.45 s in all
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[RedisServer | None]:
-    if request.param == "memory":
-        yield None
-        return
-    with running_redis() as server:
-        yield server
 
 
 def _env(store: RedisServer | None, **extra: str) -> dict[str, str]:
