@@ -13,10 +13,10 @@ from collections.abc import Awaitable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ALLOW_METHODS = b"GET, POST, DELETE, OPTIONS"
-ALLOW_HEADERS = b"Authorization, Content-Type, Cache-Control, X-Request-ID"
+ALLOW_HEADERS = b"Authorization, Content-Type, Cache-Control, X-Request-ID, Last-Event-ID"
 EXPOSE_HEADERS = (
-    b"X-Request-ID, X-Cache, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, "
-    b"X-RateLimit-Reset, Server-Timing"
+    b"X-Request-ID, X-Cache, X-Stream-ID, Retry-After, X-RateLimit-Limit, "
+    b"X-RateLimit-Remaining, X-RateLimit-Reset, RateLimit, RateLimit-Policy, Server-Timing"
 )
 MAX_AGE = b"600"
 

@@ -1,7 +1,9 @@
-// The one call the page makes: POST /chat, answered with an event stream.
+// The calls the page makes: POST /chat, answered with an event stream; GET
+// /chat/streams/{id} to resume one after the last event seen; DELETE /chat/streams/{id} to
+// stop one.
 //
-// Errors before the stream are JSON {"detail": ...} with a status (401, 413, 415, 422, 429,
-// 503); they become a ChatHttpError. After the stream has started, failures arrive as an
+// Errors before the stream are JSON {"detail": ...} with a status (401, 404, 413, 415, 422,
+// 429, 503); they become a ChatHttpError. After the stream has started, failures arrive as an
 // `error` event in the stream itself.
 
 import { readEvents } from "./sse.js";
@@ -61,8 +63,9 @@ export function parseRetryAfter(value, now = Date.now()) {
 }
 
 /**
- * Send a message and return its events as {type, payload, id}, payload being the parsed
- * JSON data (or {} when an event's data is not JSON, so one bad event cannot break the page).
+ * Send a message. Returns the stream's id (X-Stream-ID) and its events as {type, payload,
+ * id}, payload being the parsed JSON data (or {} when an event's data is not JSON, so one
+ * bad event cannot break the page).
  * @param {{message: string, conversationId: string, token: string, signal: AbortSignal}} request
  */
 export async function openChat({ message, conversationId, token, signal }) {
@@ -78,7 +81,27 @@ export async function openChat({ message, conversationId, token, signal }) {
     signal,
   });
   if (!response.ok) throw await ChatHttpError.from(response);
-  return parsedEvents(response.body);
+  return { streamId: response.headers.get("X-Stream-ID") || "", events: parsedEvents(response.body) };
+}
+
+/**
+ * Come back to a stream: the events after `lastEventId` (all of them when it is empty),
+ * then the live rest.
+ * @param {{streamId: string, lastEventId: string, token: string, signal: AbortSignal}} request
+ */
+export async function resumeChat({ streamId, lastEventId, token, signal }) {
+  const headers = { Accept: "text/event-stream", Authorization: `Bearer ${token}` };
+  if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+  const url = new URL(`chat/streams/${encodeURIComponent(streamId)}`, document.baseURI);
+  const response = await fetch(url, { headers, cache: "no-store", signal });
+  if (!response.ok) throw await ChatHttpError.from(response);
+  return { streamId, events: parsedEvents(response.body) };
+}
+
+/** Stop a stream's generation, wherever it runs (its readers get `done` "cancelled"). */
+export async function stopChat({ streamId, token }) {
+  const url = new URL(`chat/streams/${encodeURIComponent(streamId)}`, document.baseURI);
+  await fetch(url, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } });
 }
 
 async function* parsedEvents(body) {

@@ -1,11 +1,17 @@
 // The chat page: wires the composer, the message list and the token to POST /chat.
 //
-// Module map: sse.js parses the event stream, api.js makes the request, bubble.js builds
+// Module map: sse.js parses the event stream, api.js makes the requests, bubble.js builds
 // the bubbles, markdown.js renders replies, token.js keeps the token, scroll.js follows the
 // newest text, i18n.js holds the UI text.
+//
+// A reply outlives its connection: when the connection drops mid-reply the bubble says so
+// and the page comes back to the stream after the last event it showed (GET
+// /chat/streams/{id} with Last-Event-ID); a reload mid-reply finds the stream in
+// sessionStorage and replays it into a new bubble from its start; Stop stops the
+// generation itself (DELETE /chat/streams/{id}), not just this page's reading of it.
 
 import { applyTranslations, lang, t } from "./i18n.js";
-import { ChatHttpError, openChat } from "./api.js";
+import { ChatHttpError, openChat, resumeChat, stopChat } from "./api.js";
 import { AssistantMessage, addUserMessage } from "./bubble.js";
 import { handleCopyClick } from "./markdown.js";
 import { ScrollFollower } from "./scroll.js";
@@ -28,9 +34,17 @@ const tokenDialog = new TokenDialog($("tokenDialog"), {
 });
 const follower = new ScrollFollower(messages, $("scrollButton"));
 
-let conversationId = newConversationId();
+// What survives a reload of this tab: the conversation, and the reply still streaming.
+const SAVED = "chat-service.active";
+const saved = readSaved();
+let conversationId = saved?.conversationId || newConversationId();
 /** The reply being streamed: its AbortController, or null when idle. */
 let streaming = null;
+/** Its stream id and the last event shown, to come back to it. */
+let active = null;
+// Waits before each attempt to come back to a dropped stream (the server keeps it for
+// CHAT_RESUME_WINDOW, 30 s by default).
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 4000, 8000];
 
 composer.addEventListener("submit", (event) => {
   event.preventDefault();
@@ -58,6 +72,8 @@ messages.addEventListener("click", handleCopyClick);
 
 if (!getToken()) tokenDialog.ask();
 input.focus();
+if (saved?.streamId) reopen(saved);
+else save(null);
 
 async function send() {
   const message = input.value.trim();
@@ -68,13 +84,35 @@ async function send() {
   follower.follow();
 
   const bubble = new AssistantMessage(messages, () => follower.update());
+  await streamInto(bubble, (signal) => converse(message, bubble, signal));
+}
+
+/** A reply that was streaming when the tab reloaded: show it again, from its start. */
+async function reopen({ streamId, message }) {
+  addUserMessage(messages, message);
+  const bubble = new AssistantMessage(messages, () => follower.update());
+  active = { streamId, lastEventId: "", message };
+  await streamInto(bubble, async (signal) => {
+    try {
+      await comeBack(bubble, signal, { fromStart: true });
+    } catch (error) {
+      if (!signal.aborted) throw error;
+      bubble.stop();
+      announce(t("announceStopped"));
+    }
+  });
+}
+
+async function streamInto(bubble, run) {
   const controller = new AbortController();
   streaming = controller;
   setStreaming(true);
   try {
-    await converse(message, bubble, controller.signal);
+    await run(controller.signal);
   } finally {
     streaming = null;
+    active = null;
+    save(null);
     setStreaming(false);
   }
 }
@@ -88,8 +126,11 @@ async function converse(message, bubble, signal) {
       return;
     }
     try {
-      const events = await openChat({ message, conversationId, token, signal });
-      await showReply(events, bubble);
+      const { streamId, events } = await openChat({ message, conversationId, token, signal });
+      active = { streamId, lastEventId: "", message };
+      save(active);
+      if (await showReply(events, bubble)) return;
+      await comeBack(bubble, signal); // the connection dropped mid-reply
       return;
     } catch (error) {
       if (signal.aborted) {
@@ -110,28 +151,83 @@ async function converse(message, bubble, signal) {
   }
 }
 
+/**
+ * Show events in the bubble until the reply ends; false if the connection dropped first
+ * (the reply may still be going on at the server: come back to it).
+ */
 async function showReply(events, bubble) {
-  for await (const { type, payload } of events) {
-    switch (type) {
-      case "thinking":
-        bubble.addStep(String(payload.step ?? ""));
-        break;
-      case "content":
-        bubble.appendText(String(payload.text ?? ""));
-        break;
-      case "done":
+  try {
+    for await (const event of events) {
+      if (showEvent(event, bubble)) return true;
+    }
+  } catch (error) {
+    if (error?.name === "AbortError") throw error;
+    return false; // a network error mid-stream
+  }
+  return false;
+}
+
+/** One event into the bubble; true once it was the last. */
+function showEvent({ type, payload, id }, bubble) {
+  if (active && id) active.lastEventId = id;
+  bubble.reconnecting(false);
+  switch (type) {
+    case "thinking":
+      bubble.addStep(String(payload.step ?? ""));
+      break;
+    case "content":
+      bubble.appendText(String(payload.text ?? ""));
+      break;
+    case "done":
+      if (payload.reason === "cancelled") {
+        bubble.stop();
+        announce(t("announceStopped"));
+      } else {
         bubble.finish();
         announce(t("announceReply", bubble.plainText()));
-        return;
-      case "error":
-        fail(bubble, payload.code === "shutdown" ? t("shutdown") : describeStreamError(payload));
-        return;
-      default:
-        // "start", and event types added later: nothing to show.
-        break;
+      }
+      return true;
+    case "error":
+      fail(bubble, payload.code === "shutdown" ? t("shutdown") : describeStreamError(payload));
+      return true;
+    default:
+      // "start", and event types added later: nothing to show.
+      return false;
+  }
+}
+
+/**
+ * Come back to the active stream after the last event shown, until it ends, waiting a
+ * little longer before each attempt; the bubble says it is reconnecting meanwhile.
+ */
+async function comeBack(bubble, signal, { fromStart = false } = {}) {
+  for (let attempt = 0; ; attempt += 1) {
+    if (!fromStart || attempt > 0) {
+      bubble.reconnecting(true);
+      if (attempt >= RECONNECT_DELAYS_MS.length) break;
+      await sleep(RECONNECT_DELAYS_MS[attempt], signal);
+    }
+    const token = getToken();
+    if (!token || !active?.streamId) break; // nothing to come back to
+    try {
+      const { events } = await resumeChat({ ...active, token, signal });
+      if (await showReply(events, bubble)) return;
+    } catch (error) {
+      if (signal.aborted) throw error;
+      if (error instanceof ChatHttpError) break; // 404: gone (expired, or never ours)
     }
   }
   fail(bubble, t("interrupted"));
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(new DOMException("stopped", "AbortError"));
+    });
+  });
 }
 
 function describeStreamError({ code, message }) {
@@ -167,6 +263,10 @@ function fail(bubble, text) {
 }
 
 function stop() {
+  if (active?.streamId) {
+    const token = getToken();
+    if (token) stopChat({ streamId: active.streamId, token }).catch(() => {});
+  }
   streaming?.abort();
 }
 
@@ -174,8 +274,29 @@ function newChat() {
   stop();
   for (const message of messages.querySelectorAll(".message:not(.welcome)")) message.remove();
   conversationId = newConversationId();
+  save(null);
   follower.follow();
   input.focus();
+}
+
+/** Keep the conversation, and the reply still streaming (or none), for a reload. */
+function save(stream) {
+  const value = { conversationId };
+  if (stream) Object.assign(value, { streamId: stream.streamId, message: stream.message });
+  try {
+    sessionStorage.setItem(SAVED, JSON.stringify(value));
+  } catch {
+    // Storage full or denied: a reload then starts afresh.
+  }
+}
+
+function readSaved() {
+  try {
+    const value = JSON.parse(sessionStorage.getItem(SAVED) || "null");
+    return value && typeof value === "object" ? value : null;
+  } catch {
+    return null;
+  }
 }
 
 function setStreaming(on) {

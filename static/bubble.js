@@ -39,6 +39,7 @@ export class AssistantMessage {
     this.steps = 0;
     this.frame = 0;
     this.ended = false;
+    this.reconnectNote = null;
 
     this.el = document.createElement("div");
     this.el.className = "message assistant";
@@ -100,6 +101,21 @@ export class AssistantMessage {
     this.note(t("errorPrefix") + message, "error-text");
   }
 
+  /** The connection dropped, and the page is reconnecting (on), or has (off). */
+  reconnecting(on) {
+    if (on && !this.reconnectNote) {
+      this.reconnectNote = document.createElement("p");
+      this.reconnectNote.className = "reconnecting";
+      this.reconnectNote.setAttribute("role", "status");
+      this.reconnectNote.textContent = t("reconnecting");
+      this.el.append(this.reconnectNote);
+      this.onUpdate();
+    } else if (!on && this.reconnectNote) {
+      this.reconnectNote.remove();
+      this.reconnectNote = null;
+    }
+  }
+
   /** The reader pressed Stop. */
   stop() {
     this.end();
@@ -114,6 +130,7 @@ export class AssistantMessage {
 
   end() {
     if (this.ended) return;
+    this.reconnecting(false);
     this.ended = true;
     cancelAnimationFrame(this.frame);
     this.frame = 0;

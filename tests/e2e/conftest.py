@@ -35,7 +35,9 @@ def e2e_service() -> Iterator[Service]:
         "CHAT_CACHE_TTL": "0",
         "CHAT_RATE_LIMIT": "1000/minute",
     }
-    with running_service(env, workers=2) as service:
+    # One worker, as `serve` runs without Redis: a reply's stop or resume must reach the
+    # worker that generates it.
+    with running_service(env, workers=1) as service:
         yield service
 
 
@@ -74,6 +76,7 @@ def open_chat(browser: Any, e2e_service: Service) -> Iterator[OpenChat]:
         stored_token: str | None = None,
         allowed_statuses: tuple[int, ...] = (),
         navigate: bool = True,
+        base_url: str | None = None,
     ) -> ChatPage:
         context = browser.new_context(viewport=viewport, locale=locale)
         contexts.append(context)
@@ -81,7 +84,8 @@ def open_chat(browser: Any, e2e_service: Service) -> Iterator[OpenChat]:
             context.add_init_script(
                 f"sessionStorage.setItem('chat-service.token', {stored_token!r});"
             )
-        chat = ChatPage(context.new_page(), e2e_service.url, set(allowed_statuses))
+        url = base_url or e2e_service.url
+        chat = ChatPage(context.new_page(), url, set(allowed_statuses))
         chat.watch()
         pages.append(chat)
         if navigate:

@@ -102,16 +102,16 @@ def test_shift_enter_makes_a_new_line_and_enter_sends_both(open_chat: OpenChat) 
     chat.wait_for_reply()
 
 
-def test_stop_aborts_the_reply_and_the_server_sees_the_disconnect(
-    open_chat: OpenChat, e2e_service: Service
-) -> None:
+def test_stop_stops_the_generation_itself(open_chat: OpenChat, e2e_service: Service) -> None:
+    """Stop asks the server to stop the generation (DELETE /chat/streams/{id}): the reply
+    is not left running for a reader to come back to."""
     chat = open_chat()
     message = "please stop me " + "x" * 300  # a reply of about 3 s at the test pacing
 
     chat.send(message)
     expect(chat.reply.locator(".content")).to_contain_text("You said")
     assert metric(e2e_service, "chat_streams_active") == 1
-    disconnects_before = count_disconnects(e2e_service.lines)
+    cancelled_before = count_outcomes(e2e_service.lines, "cancelled")
     chat.page.locator("#stopButton").click()
 
     expect(chat.reply).to_have_class(re.compile(r"\bstopped\b"))
@@ -123,9 +123,9 @@ def test_stop_aborts_the_reply_and_the_server_sees_the_disconnect(
     assert 0 < len(shown) < len(demo_reply(message))
     wait_until(lambda: metric(e2e_service, "chat_streams_active") == 0, "the stream to close")
     e2e_service.wait_for(
-        lambda lines: count_disconnects(lines) > disconnects_before,
+        lambda lines: count_outcomes(lines, "cancelled") > cancelled_before,
         timeout=5,
-        what="a stream summary with outcome disconnected",
+        what="a generation that ended cancelled",
     )
 
 
@@ -182,15 +182,15 @@ def test_auto_scroll_follows_the_reply_until_the_reader_scrolls_up(open_chat: Op
     expect(page.locator("#scrollButton")).to_be_hidden()
 
 
-def count_disconnects(lines: list[str]) -> int:
-    """Stream summary log lines with outcome "disconnected"."""
+def count_outcomes(lines: list[str], outcome: str) -> int:
+    """Log lines (stream summaries, generations' ends) with this outcome."""
     count = 0
     for line in list(lines):
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        count += isinstance(record, dict) and record.get("outcome") == "disconnected"
+        count += isinstance(record, dict) and record.get("outcome") == outcome
     return count
 
 
