@@ -233,6 +233,35 @@ def run_idle(kind: str, streams: int, tokens_file: str, redis_url: str | None) -
     }
 
 
+# A model's pace: the demo's characters at 30 a second (0.03 s each, scaled), thinking
+# steps at 0.56 s: a stream lasts about 4.7 s.
+PACED_SCALE = 1 / 30 / 0.03
+PACED_LEVELS = (1000, 2000, 3000, 4000)
+PACED_P99_MS = 100.0
+
+
+def run_paced(kind: str, tokens_file: str, redis_url: str | None) -> dict[str, Any]:
+    """How many concurrent streams, each emitting 30 events a second, one worker keeps
+    with the 99th percentile of gaps between content events under 100 ms."""
+    levels: dict[str, Any] = {}
+    sustained = 0
+    with server(kind, PACED_SCALE, redis_url) as (port, _):
+        for streams in PACED_LEVELS:
+            proc = client(
+                ["paced", "127.0.0.1", str(port), "--streams", str(streams)],
+                tokens_file,
+                stdout=subprocess.PIPE,
+            )
+            out, _ = proc.communicate(timeout=180)
+            result = json.loads(out)
+            p99 = (result["p99_gap"] or float("inf")) * 1000
+            levels[str(streams)] = {"p99_gap_ms": round(p99, 1), "ok": result["ok"]}
+            if p99 >= PACED_P99_MS or result["ok"] < streams:
+                break
+            sustained = streams
+    return {"sustained_streams": sustained, "levels": levels}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="per run")
@@ -240,6 +269,9 @@ def main() -> None:
     parser.add_argument("--json", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per figure; the median run is reported"
+    )
+    parser.add_argument(
+        "--no-paced", dest="paced", action="store_false", help="skip the paced run (~2 min)"
     )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -270,6 +302,8 @@ def main() -> None:
                             port, concurrency, args.seconds, tokens.name, args.repeat
                         )
                 figures["idle"] = run_idle(kind, args.idle, tokens.name, redis_url)
+                if args.paced:
+                    figures["paced"] = run_paced(kind, tokens.name, redis_url)
                 results[kind] = figures
                 print(f"measured {kind}", file=sys.stderr, flush=True)
     finally:
@@ -315,6 +349,21 @@ def table(results: dict[str, Any]) -> str:
     ):
         values = [results[k]["idle"][key] for k in ("service", "starlette", "raw")]
         rows.append(_row(label, values))
+    if "paced" in results["service"]:
+        paced = {k: results[k]["paced"] for k in ("service", "starlette", "raw")}
+        rows.append("")
+        rows.append(
+            _row(
+                "paced streams, p99 gap < 100 ms",
+                [float(paced[k]["sustained_streams"]) for k in ("service", "starlette", "raw")],
+            )
+        )
+        for level in PACED_LEVELS:
+            gaps = [paced[k]["levels"].get(str(level), {}).get("p99_gap_ms") for k in paced]
+            rows.append(
+                f"  {level:>5} streams: p99 gap ms   "
+                + "".join(f"{g if g is not None else '-':>12}" for g in gaps)
+            )
     return "\n".join(rows)
 
 

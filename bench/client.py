@@ -3,9 +3,12 @@ connection, HTTP/1.1 keep-alive, chunked decoding by hand, events counted, not p
 
     python -m bench.client load HOST PORT --concurrency 10 --seconds 4 --tokens FILE
     python -m bench.client idle HOST PORT --streams 5000 --tokens FILE
+    python -m bench.client paced HOST PORT --streams 1000 --tokens FILE
 
 `load` prints one JSON object with per-stream samples; `idle` opens the streams, prints
-`READY <n>` once each has its first event, and holds them until stdin closes.
+`READY <n>` once each has its first event, and holds them until stdin closes; `paced` opens
+the streams (each emitting events at a model's pace, set on the server) and prints the gaps
+between one content event and the next as the client saw them.
 """
 
 from __future__ import annotations
@@ -125,6 +128,48 @@ class SSEConnection(asyncio.Protocol):
             self.first_event.set_result(None)
 
 
+class PacedConnection(SSEConnection):
+    """Also records when content arrives: the gap since the previous content of the same
+    stream (events that come in one chunk count as one arrival)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gaps: list[float] = []
+        self.last_content = 0.0
+
+    def _payload(self, payload: bytes, now: float) -> None:
+        super()._payload(payload, now)
+        if CONTENT in payload:
+            if self.last_content:
+                self.gaps.append(now - self.last_content)
+            self.last_content = now
+
+
+async def paced(host: str, port: int, streams: int, tokens: list[str]) -> dict[str, object]:
+    """Open `streams` streams a little apart (as users arrive), read them to their end."""
+    loop = asyncio.get_running_loop()
+    spread = 2.0  # seconds over which the streams open
+
+    async def one(i: int) -> PacedConnection:
+        await asyncio.sleep(spread * i / streams)
+        _, conn = await loop.create_connection(PacedConnection, host, port)
+        await conn.request(_request(f"/chat/paced-{i}", tokens[i % len(tokens)]))
+        assert conn.transport is not None
+        conn.transport.close()
+        return conn
+
+    conns = await asyncio.gather(*(one(i) for i in range(streams)))
+    gaps = sorted(gap for conn in conns for gap in conn.gaps)
+    ok = sum(conn.sample.ok for conn in conns)
+    return {
+        "streams": streams,
+        "ok": ok,
+        "gaps": len(gaps),
+        "p99_gap": gaps[int(0.99 * len(gaps))] if gaps else None,
+        "max_gap": gaps[-1] if gaps else None,
+    }
+
+
 def _request(path: str, token: str) -> bytes:
     return (
         f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\n"
@@ -186,7 +231,7 @@ async def idle(host: str, port: int, streams: int, tokens: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["load", "idle"])
+    parser.add_argument("mode", choices=["load", "idle", "paced"])
     parser.add_argument("host")
     parser.add_argument("port", type=int)
     parser.add_argument("--concurrency", type=int, default=1)
@@ -210,6 +255,8 @@ def main() -> None:
                 json.dump(result, out)
         else:
             print(json.dumps(result))
+    elif args.mode == "paced":
+        print(json.dumps(asyncio.run(paced(args.host, args.port, args.streams, tokens))))
     else:
         asyncio.run(idle(args.host, args.port, args.streams, tokens))
 
