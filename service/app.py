@@ -91,6 +91,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
                 settings.resume_max_bytes,
                 settings.resume_window,
                 Relay(store, settings.resume_window, settings.resume_max_bytes) if store else None,
+                access_logger(settings.log_level, settings.log_format, "service.generation"),
             ),
             hooks=Hooks(drain, min(settings.sse_ping_seconds, settings.sse_send_timeout)),
         )

@@ -157,21 +157,31 @@ class EventStream(Response):
                 cursor = self.cursor
                 generation = cursor.generation
                 while True:
-                    entry = cursor.next()
-                    if entry is None:
+                    batch = cursor.available()
+                    if not batch:
                         if generation.ended:  # without a last event: nothing more will come
                             await send(END)
                             return
                         await cursor.wait()
                         continue
-                    await self._send_wire(send, entry.wire, entry.name)
-                    cursor.sent(entry)
-                    name = entry.name
-                    if name == "content":
-                        if stats.first_content_at is None:
-                            stats.first_content_at = time.perf_counter()
-                    elif name in TERMINAL:
-                        stats.outcome = "done" if name == "done" else "error"
+                    # Whatever has been appended since the last send goes in one write: the
+                    # same bytes as an event at a time, far fewer trips through the server.
+                    last = None
+                    for index, entry in enumerate(batch):
+                        name = entry.name
+                        stats.count(name)
+                        if name == "content":
+                            if stats.first_content_at is None:
+                                stats.first_content_at = time.perf_counter()
+                        elif name in TERMINAL:
+                            last = name
+                            batch = batch[: index + 1]
+                            break
+                    body = batch[0].wire if len(batch) == 1 else b"".join([e.wire for e in batch])
+                    await self._send_body(send, body, len(batch))
+                    cursor.sent(batch[-1])
+                    if last is not None:
+                        stats.outcome = "done" if last == "done" else "error"
                         await send(END)
                         self._finished = True
                         return
@@ -201,13 +211,16 @@ class EventStream(Response):
         await send(END)
 
     async def _send_wire(self, send: Send, body: bytes, name: str) -> None:
+        self.stats.count(name)
+        await self._send_body(send, body, 1)
+
+    async def _send_body(self, send: Send, body: bytes, events: int) -> None:
         self._sending = True
         await send({"type": "http.response.body", "body": body, "more_body": True})
         self._sending = False
         stats = self.stats
-        stats.events += 1
+        stats.events += events
         stats.bytes += len(body)
-        stats.count(name)
 
     async def _watch(self, receive: Receive) -> None:
         """Wait on `receive()` for the client to go. One task per stream: an idle stream's

@@ -93,8 +93,10 @@ def get_logger(name: str) -> Any:
     return structlog.stdlib.get_logger(name)
 
 
-def access_logger(level: str = "info", log_format: str = "json") -> Any:
-    """The logger for the one line each request ends with.
+def access_logger(
+    level: str = "info", log_format: str = "json", logger_name: str = "service.access"
+) -> Any:
+    """The logger for the one line each request ends with (and each generation).
 
     It skips the stdlib `logging` machinery (a LogRecord, handler locks, the formatter's
     second processor chain): that was a tenth of a worker's time under load. Same keys,
@@ -103,10 +105,10 @@ def access_logger(level: str = "info", log_format: str = "json") -> Any:
     With CHAT_LOG_FORMAT=console it is the ordinary stdlib logger.
     """
     if log_format == "console":
-        return get_logger("service.access")
+        return get_logger(logger_name)
 
     def name(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        event["logger"] = "service.access"
+        event["logger"] = logger_name
         return event
 
     return structlog.wrap_logger(

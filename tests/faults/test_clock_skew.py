@@ -43,7 +43,7 @@ def _hold(http: httpx.Client, path: str, token: str) -> httpx.Response:
     response = http.send(http.build_request("GET", path, headers=bearer(token)), stream=True)
     assert response.status_code == 200
     chunks = response.iter_raw()
-    assert read_stream(response, time.monotonic(), limit=1, chunks=chunks).names == ["start"]
+    assert read_stream(response, time.monotonic(), limit=1, chunks=chunks).names[0] == "start"
     response.extensions["chunks"] = chunks  # keep the stream open with the response
     return response
 

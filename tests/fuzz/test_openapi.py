@@ -54,6 +54,8 @@ OPERATIONS = {
     "GET /conversations",
     "GET /conversations/{conversation_id}",
     "DELETE /conversations/{conversation_id}",
+    "GET /chat/streams/{stream_id}",
+    "DELETE /chat/streams/{stream_id}",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -133,7 +135,10 @@ def _check_events(case: Any, response: Any, validated: Counter[str]) -> None:
     events = [fields for kind, fields in parse(response.content) if kind == "event"]
     names = "".join(f"{fields['event']} " for fields in events)
     assert EVENT_ORDER.fullmatch(names), names
-    assert [int(fields["id"]) for fields in events] == list(range(1, len(events) + 1))
+    stream_id = json.loads(events[0]["data"])["stream"]
+    assert [fields["id"] for fields in events] == [
+        f"{stream_id}:{n}" for n in range(1, len(events) + 1)
+    ]
     text = "".join(
         json.loads(fields["data"])["text"] for fields in events if fields["event"] == "content"
     )

@@ -158,6 +158,10 @@ checks.
   value: {{ .Values.config.cacheScope | quote }}
 - name: CHAT_SSE_PING_SECONDS
   value: {{ .Values.config.ssePingSeconds | quote }}
+- name: CHAT_RESUME_WINDOW
+  value: {{ .Values.config.resumeWindow | quote }}
+- name: CHAT_RESUME_MAX_BYTES
+  value: {{ .Values.config.resumeMaxBytes | quote }}
 - name: CHAT_LOG_FORMAT
   value: {{ .Values.config.logFormat | quote }}
 - name: CHAT_LOG_LEVEL
