@@ -25,6 +25,7 @@ from . import __version__, errors
 from .auth import TokenVerifier
 from .backends import make_backend
 from .body_limit import BodyLimit
+from .budgets import make_budgets
 from .cache import make_cache
 from .config import Settings, load_settings
 from .conversations import make_conversations
@@ -35,7 +36,7 @@ from .observability.logging import access_logger, get_logger
 from .observability.metrics import SharedCollection
 from .observability.middleware import RequestContext
 from .relay import Relay
-from .routes import chat, conversations, health, metrics, pages, streams
+from .routes import chat, conversations, health, metrics, pages, streams, usage
 from .shutdown import Drain
 from .state import Services
 from .store import Store
@@ -79,6 +80,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
             rate_limits=rate_limits,
             ip_limits=ip_limits,
             slots=slots,
+            budgets=make_budgets(settings.token_budget, settings.max_output_tokens, store),
             cache=make_cache(settings.cache_ttl, store),
             conversations=make_conversations(
                 store,
@@ -114,6 +116,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
             await services.generations.aclose()
             await services.hooks.aclose()
             await services.slots.aclose()
+            await services.budgets.aclose()
             await services.cache.aclose()
             await services.backend.aclose()
             await services.verifier.aclose()
@@ -135,6 +138,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         streams.router,  # before chat's: `/chat/{message}` matches `/chat/streams/...` too
         chat.router,
         conversations.router,
+        usage.router,
         health.router,
         metrics.router,
     )

@@ -7,6 +7,7 @@ secrets are mounted as files). Setting both is refused rather than silently pick
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +20,7 @@ HS_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 # deployment that allowed them would start, then refuse every token.
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512"})
 MIN_PRODUCTION_SECRET_BYTES = 32
+BUDGET = re.compile(r"([1-9][0-9]{0,14})/(second|minute|hour|day)")
 
 
 class ConfigError(Exception):
@@ -68,6 +70,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     resume_window: float = Field(30.0, ge=0, le=3600)
     resume_max_bytes: int = Field(1_048_576, ge=16_384, le=64 * 1_048_576)
+    token_budget: str | None = None
+    max_output_tokens: int = Field(2048, ge=1, le=1_000_000)
     sse_ping_seconds: float = Field(15.0, gt=0, le=3600)
     sse_send_timeout: float = Field(30.0, gt=0, le=3600)
 
@@ -97,6 +101,7 @@ class Settings(BaseSettings):
         "openai_base_url",
         "openai_api_key",
         "openai_model",
+        "token_budget",
         mode="before",
     )
     @classmethod
@@ -127,6 +132,13 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError("use the limits syntax, e.g. 20/minute or 100/hour") from None
         return value
+
+    @field_validator("token_budget")
+    @classmethod
+    def _budget_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not BUDGET.fullmatch(value.strip()):
+            raise ValueError("use tokens per window, e.g. 200000/day (second, minute, hour, day)")
+        return value.strip() if value else None
 
     @field_validator("redis_url")
     @classmethod
@@ -170,6 +182,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     _check_keys(settings)
+    _check_budget(settings)
     if settings.env == "production":
         _check_production(settings)
     return settings
@@ -205,6 +218,19 @@ def _check_keys(settings: Settings) -> None:
         )
     if settings.backend == "openai" and not (settings.openai_base_url and settings.openai_model):
         raise ConfigError("CHAT_BACKEND=openai needs CHAT_OPENAI_BASE_URL and CHAT_OPENAI_MODEL")
+
+
+def _check_budget(settings: Settings) -> None:
+    if settings.token_budget is None:
+        return
+    tokens = int(settings.token_budget.partition("/")[0])
+    if tokens <= settings.max_output_tokens:
+        # Each stream reserves its prompt and CHAT_MAX_OUTPUT_TOKENS: none would ever fit.
+        raise ConfigError(
+            f"CHAT_TOKEN_BUDGET is {tokens} tokens a window, which cannot hold one reply of "
+            f"CHAT_MAX_OUTPUT_TOKENS={settings.max_output_tokens} and its prompt; raise the "
+            "budget or lower CHAT_MAX_OUTPUT_TOKENS"
+        )
 
 
 def _check_production(settings: Settings) -> None:

@@ -91,5 +91,5 @@ async def spend_address_budget(request: Request) -> None:
         raise TooManyRequests(
             "too many failed or unauthenticated requests from this address",
             rate.reset_seconds,
-            rate.headers(),
+            rate.headers("address"),
         )

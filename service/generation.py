@@ -39,6 +39,7 @@ from .events import SHUTDOWN, TERMINAL, Event, encode
 
 if TYPE_CHECKING:
     from .relay import Relay
+    from .tokens import Usage
 from .observability import metrics
 from .observability.logging import get_logger
 
@@ -78,9 +79,14 @@ class Entry:
 class Finisher(Protocol):
     """What the chat layer does around a generation's end (replies.py builds it)."""
 
-    async def before_done(self, generation: Generation) -> Event | None:
-        """Runs before `done` (natural or cancelled) reaches any reader: keep the turn.
-        Returns an event to end with instead, when that fails."""
+    async def before_done(self, generation: Generation, done: Event) -> Event:
+        """Runs before `done` (natural or cancelled) reaches any reader: count the tokens
+        and keep the turn. Returns the event to end with: `done` with its `usage`, or an
+        error when the turn could not be kept."""
+        ...
+
+    def ending(self, generation: Generation) -> None:
+        """Runs as an error ends it, before any reader sees that: count the tokens."""
         ...
 
     async def after_end(self, generation: Generation) -> None:
@@ -148,9 +154,11 @@ class Generation:
         "on_idle",
         "outcome",
         "published",
+        "reasoning",
         "started",
         "text",
         "total",
+        "usage",
         "user",
         "waiting",
     )
@@ -169,6 +177,8 @@ class Generation:
         self.base = 0
         self.total = 0  # encoded bytes appended so far
         self.text: list[str] = []  # every content event's text, retained or not
+        self.reasoning: list[str] = []  # every thinking step's, for counting tokens
+        self.usage: Usage | None = None  # its tokens, once it ends (the finisher's count)
         self.outcome: str | None = None  # set once it has ended
         self.started = time.perf_counter()
         self.first_content_at: float | None = None
@@ -213,7 +223,7 @@ class Generation:
                 async for event in events:
                     name = event.name
                     if name == "done":
-                        event = await self._finisher.before_done(self) or event
+                        event = await self._finisher.before_done(self, event)
                         name = event.name
                     self._append(event)
                     # Not kept while the source takes its time over the next one: an idle
@@ -252,7 +262,7 @@ class Generation:
         """The last event of a generation stopped from outside, for whoever still reads."""
         if reason == "cancelled":
             try:
-                ending = await asyncio.shield(self._finisher.before_done(self)) or CANCELLED
+                ending = await asyncio.shield(self._finisher.before_done(self, CANCELLED))
             except asyncio.CancelledError:
                 ending = CANCELLED
             self._append(ending)
@@ -267,6 +277,10 @@ class Generation:
             self.text.append(event.data.get("text", ""))
             if self.first_content_at is None:
                 self.first_content_at = time.perf_counter()
+        elif name == "thinking":
+            self.reasoning.append(event.data.get("step", ""))
+        elif name == "error" and self.usage is None:
+            self._finisher.ending(self)
         self._add(seq, name, encode(event, self._prefix + b"%d" % seq))
 
     def _add(self, seq: int, name: str, wire: bytes) -> None:
@@ -487,6 +501,7 @@ class Generations:
         if generation.idle_timer is not None:
             generation.idle_timer.cancel()
             generation.idle_timer = None
+        usage = generation.usage
         self._line.info(
             "generation finished",
             stream=generation.id,
@@ -494,6 +509,9 @@ class Generations:
             outcome=generation.outcome,
             events=generation.last_seq,
             duration_ms=round((time.perf_counter() - generation.started) * 1000, 2),
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            usage=usage.source if usage else None,
         )
         if self.relay is not None:
             self.relay.ended(generation)  # resumable from Redis: nothing kept here

@@ -67,12 +67,18 @@ class RateResult:
     limit: int
     remaining: int
     reset_seconds: int
+    window: int  # seconds
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, policy: str = "requests") -> dict[str, str]:
+        """`X-RateLimit-*`, and the IETF fields (draft-ietf-httpapi-ratelimit-headers) for
+        this policy (`"requests"`: the user's; `"address"`: a client address's); budgets.py
+        adds its `"tokens"` one to the same fields."""
         return {
             "X-RateLimit-Limit": str(self.limit),
             "X-RateLimit-Remaining": str(self.remaining),
             "X-RateLimit-Reset": str(self.reset_seconds),
+            "RateLimit-Policy": f'"{policy}";q={self.limit};w={self.window}',
+            "RateLimit": f'"{policy}";r={self.remaining};t={self.reset_seconds}',
         }
 
 
@@ -163,14 +169,16 @@ class RateLimits:
         if left <= 0:
             del self._exhausted[storage_key]
             return None
-        return RateResult(False, self.item.amount, 0, max(1, math.ceil(left)))
+        item = self.item
+        return RateResult(False, item.amount, 0, max(1, math.ceil(left)), item.get_expiry())
 
     async def peek(self, key: str) -> RateResult:
         """Where `key` stands, spending nothing (for a resumed stream's headers)."""
         item = self.item
         count, reset_at = await self.windows.peek(item.key_for(key), item.get_expiry())
         reset = max(0, math.ceil(reset_at - time.time()))
-        return RateResult(count < item.amount, item.amount, max(0, item.amount - count), reset)
+        remaining = max(0, item.amount - count)
+        return RateResult(count < item.amount, item.amount, remaining, reset, item.get_expiry())
 
     async def hit(self, key: str) -> RateResult:
         """Spend one from `key`'s budget."""
@@ -188,7 +196,8 @@ class RateLimits:
                 self._exhausted.clear()
             self._exhausted[storage_key] = reset_at
         reset = max(0 if allowed else 1, math.ceil(reset_at - time.time()))
-        return RateResult(allowed, item.amount, max(0, item.amount - count), reset)
+        remaining = max(0, item.amount - count)
+        return RateResult(allowed, item.amount, remaining, reset, item.get_expiry())
 
 
 class BatchedRedisStorage(RedisStorage):

@@ -197,7 +197,12 @@ async def _nothing() -> AsyncIterator[Event]:
 
 
 class _NoFinisher:
-    async def before_done(self, generation: Generation) -> Event | None:
+    """A mirror only follows: the generation's own worker counts, keeps and settles."""
+
+    async def before_done(self, generation: Generation, done: Event) -> Event:
+        return done
+
+    def ending(self, generation: Generation) -> None:
         return None
 
     async def after_end(self, generation: Generation) -> None:

@@ -6,9 +6,11 @@ Sources (each an async iterator of events, run by a Generation):
 - `followed`: an identical request is generating elsewhere; wait for it and replay what it
   stored, or, if it failed, generate here after all.
 
-`ChatFinisher` keeps the turn in its conversation before `done` goes out (so a client's
-next turn sees it), stores a reply that ended by itself in the cache, and hands back what
-the request's admission took, however the generation ends.
+`ChatFinisher` counts the generation's tokens (the upstream's `usage`, or an estimate from
+the text, tokens.py) and puts them on `done`, keeps the turn in its conversation before
+`done` goes out (so a client's next turn sees it), stores a reply that ended by itself in
+the cache, and settles the token reservation and hands back what the request's admission
+took, however the generation ends.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from .generation import Generation
 from .observability import metrics
 from .observability.logging import get_logger
 from .state import Services
+from .tokens import NOTHING, TOKENS_PER_MESSAGE, Usage, estimate, estimate_prompt
 
 log = get_logger("service.chat")
 
@@ -124,7 +127,15 @@ async def source_for(
 
 
 class ChatFinisher:
-    __slots__ = ("admission", "conversation", "conversations", "message", "replayed", "user")
+    __slots__ = (
+        "admission",
+        "conversation",
+        "conversations",
+        "message",
+        "prompt_tokens",
+        "replayed",
+        "user",
+    )
 
     def __init__(
         self, admission: Admission, conversations: Conversations, user: str, message: str
@@ -134,7 +145,8 @@ class ChatFinisher:
         self.user = user
         self.message = message
         self.conversation: tuple[str, Opened] | None = None
-        self.replayed = admission.ticket.mode == "HIT"  # nothing new to store
+        self.replayed = admission.ticket.mode == "HIT"  # nothing new to store or count
+        self.prompt_tokens = estimate_prompt((message,))  # history adds to it
 
     async def open_conversation(self, conversation_id: str) -> None:
         """Read its history (creating it if new): 404 for another user's, 503 when the
@@ -146,10 +158,35 @@ class ChatFinisher:
         except HistoryUnavailable:
             raise Unavailable("conversation history is unavailable; try again shortly") from None
         self.conversation = (conversation_id, opened)
+        history = sum(TOKENS_PER_MESSAGE + estimate(turn.content) for turn in opened.history)
+        self.prompt_tokens += history
+        await self.admission.reserve_more(history)  # 429 when the budget cannot hold it
 
-    async def before_done(self, generation: Generation) -> Event | None:
+    def account(self, generation: Generation, reported: object = None) -> Usage:
+        """The generation's tokens, counted once: none for a replayed reply, else the
+        upstream's own report, else an estimate from the prompt and what it produced."""
+        usage = generation.usage
+        if usage is None:
+            if self.replayed:
+                usage = NOTHING
+            else:
+                produced = estimate("".join(generation.text)) + estimate(
+                    "".join(generation.reasoning)
+                )
+                usage = Usage.reported(reported) or Usage(self.prompt_tokens, produced, "estimate")
+            generation.usage = usage
+        return usage
+
+    def ending(self, generation: Generation) -> None:
+        self.account(generation)
+
+    async def before_done(self, generation: Generation, done: Event) -> Event:
+        reported = done.data.get("usage")
+        usage = self.account(generation, reported)
+        counted = {**reported, **usage.as_data()} if isinstance(reported, dict) else usage.as_data()
+        ending = Event("done", {**done.data, "usage": counted})
         if self.conversation is None:
-            return None
+            return ending
         conversation_id, opened = self.conversation
         reply = "".join(generation.text)
         turns = [Turn("user", self.message), Turn("assistant", reply)]
@@ -160,7 +197,7 @@ class ChatFinisher:
             return NOT_KEPT
         if not kept:  # deleted while the reply streamed: it stays deleted
             log.info("conversation deleted during the reply; turn dropped")
-        return None
+        return ending
 
     async def after_end(self, generation: Generation) -> None:
         entries = generation.entries
@@ -174,5 +211,6 @@ class ChatFinisher:
         stored = None
         if natural and not self.replayed:  # all but `start`
             stored = blob_of(e.wire for e in entries[1:])
+        self.admission.account(self.account(generation))
         self.admission.settle_cache(stored)
         self.admission.release()

@@ -142,6 +142,7 @@ class EventStream(Response):
             if self._pinging is not None:
                 self._pinging.cancel()
             self.generation.detach(self.cursor)
+            record.usage = self.generation.usage
             if self.hooks is not None:
                 self.hooks.closed(self)
 

@@ -15,6 +15,7 @@ from starlette.types import Scope, Send
 if TYPE_CHECKING:
     from .auth import TokenVerifier
     from .backends import Backend
+    from .budgets import TokenBudgets
     from .cache import ResponseCache
     from .config import Settings
     from .conversations import Conversations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from .shutdown import Drain
     from .store import Store
     from .streaming import Hooks
+    from .tokens import Usage
 
 
 @dataclass(slots=True)
@@ -40,6 +42,7 @@ class Services:
     rate_limits: RateLimits
     ip_limits: RateLimits
     slots: StreamSlots
+    budgets: TokenBudgets
     cache: ResponseCache
     conversations: Conversations
     generations: Generations
@@ -92,6 +95,7 @@ class RequestRecord:
     stream: StreamStats | None = None  # set by an event stream as it starts
     stream_id: str | None = None
     resumed: bool = False
+    usage: Usage | None = None  # the generation's, when it had ended as the response did
 
 
 def record_of(scope: Scope) -> RequestRecord:

@@ -63,6 +63,13 @@ REDIS_MAX_CONNECTIONS = 64
 PIPELINE_CONNECTIONS = 8
 
 
+def user_prefix(user: str) -> str:
+    """The prefix of every key of one user's: in one Cluster hash slot, so that a script
+    may touch several of them. A hash of the name, not the name: a `sub` may hold `{` or
+    `}`, which would move the tag."""
+    return f"chat:u:{{{hashlib.sha256(user.encode()).hexdigest()[:32]}}}"
+
+
 class Unreachable(Exception):
     """Redis refused, reset, or did not answer the probe."""
 

@@ -95,8 +95,16 @@ async def resume(
         raise NotFoundError(NOT_FOUND)
     metrics.stream_resumes.labels("resumed").inc()
     record.resumed = True
-    rate = await services.rate_limits.peek(f"user:{user}")
-    headers = {**rate.headers(), "X-Cache": cursor.generation.cache_mode}
+    budgets = services.budgets
+    if budgets.enabled:
+        rate, standing = await asyncio.gather(
+            services.rate_limits.peek(f"user:{user}"), budgets.standing(user)
+        )
+        headers = rate.headers()
+        budgets.add_headers(headers, standing)
+    else:
+        headers = (await services.rate_limits.peek(f"user:{user}")).headers()
+    headers["X-Cache"] = cursor.generation.cache_mode
     return respond(services, cursor, record, headers)
 
 

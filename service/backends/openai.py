@@ -6,6 +6,11 @@ The upstream's SSE chunks become our events: `delta.content` -> `content`, reaso
 `thinking`, gathered into steps at line ends so a step is a line, not a token; `done` carries
 `finish_reason` and `usage` when the upstream sends them (`stream_options.include_usage`).
 
+The output limit (CHAT_MAX_OUTPUT_TOKENS) goes as `max_completion_tokens`, OpenAI's name,
+and as `max_tokens` for servers that know only the older one. OpenAI's reasoning models
+refuse `max_tokens` with a 400; after such a refusal the request is sent once more
+without it, and when that is accepted this backend leaves it out from then on.
+
 Failures: before the response starts (connect error, timeout, non-2xx) `open()` raises
 BackendError with a stable code and the route answers JSON 502/503/504; connect errors, 429
 and 5xx are retried a bounded number of times first. Once streaming, a cut, a malformed chunk
@@ -43,6 +48,8 @@ class OpenAIBackend:
         self.model = settings.openai_model
         self.url = settings.openai_base_url.rstrip("/") + "/chat/completions"
         self.retries = settings.openai_retries
+        self.max_output_tokens = settings.max_output_tokens
+        self.legacy_limit = True  # also send `max_tokens`, until a 400 says not to
         headers = {"Accept": "text/event-stream"}
         if settings.openai_api_key:
             headers["Authorization"] = f"Bearer {settings.openai_api_key}"
@@ -61,16 +68,21 @@ class OpenAIBackend:
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         messages = [{"role": t.role, "content": t.content} for t in request.history]
         messages.append({"role": "user", "content": request.message})
-        return {
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
+            "max_completion_tokens": self.max_output_tokens,
         }
+        if self.legacy_limit:
+            body["max_tokens"] = self.max_output_tokens
+        return body
 
     async def open(self, request: ChatRequest) -> AsyncIterator[Event]:
         body = self._body(request)
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             last = attempt == self.retries
             stack = AsyncExitStack()
             try:
@@ -83,12 +95,18 @@ class OpenAIBackend:
                     raise _unreachable(exc) from None
             else:
                 if response.status_code < 300:
+                    if self.legacy_limit and "max_tokens" not in body:
+                        self.legacy_limit = False  # it refused the older name: leave it out
                     return self._events(stack, response)
                 await stack.aclose()  # the body (and whatever it says) is never read
+                if response.status_code == 400 and "max_tokens" in body:
+                    # Perhaps a server that refuses the older name: once more without it.
+                    body = {k: v for k, v in body.items() if k != "max_tokens"}
+                    continue
                 if last or response.status_code not in RETRY_STATUSES:
                     raise _refusal(response.status_code)
             await asyncio.sleep(RETRY_PAUSES[attempt])
-        raise AssertionError("unreachable")
+            attempt += 1
 
     async def _events(
         self, stack: AsyncExitStack, response: httpx.Response

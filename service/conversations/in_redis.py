@@ -14,14 +14,13 @@ and the listing drops index entries whose conversation has expired.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 from typing import Any
 
 from ..backends import Turn
 from ..observability.logging import get_logger
-from ..store import Script, Store
+from ..store import Script, Store, user_prefix
 from . import PAGE_SIZE, HistoryUnavailable, NotFound, Opened, Page, Summary, clip, title_of
 
 log = get_logger("service.conversations")
@@ -130,7 +129,7 @@ class RedisConversations:
         claimed = await self._run(CLAIM, [_owner(conversation_id)], [user, self.ttl_ms])
         if not claimed:
             raise NotFound
-        prefix = _prefix(user)
+        prefix = user_prefix(user)
         keys = _keys(prefix, conversation_id)
         args: list[Any] = [conversation_id, secrets.token_hex(8), title_of(message)]
         args += [self.max_per_user, self.ttl_ms, prefix]
@@ -141,19 +140,19 @@ class RedisConversations:
 
     async def append(self, user: str, conversation_id: str, epoch: str, turns: list[Turn]) -> bool:
         items = [json.dumps({"role": t.role, "content": t.content}) for t in clip(turns)]
-        keys = _keys(_prefix(user), conversation_id)
+        keys = _keys(user_prefix(user), conversation_id)
         args = [conversation_id, epoch, self.max_messages, self.ttl_ms, *items]
         return bool(await self._run(APPEND, keys, args))
 
     async def history(self, user: str, conversation_id: str) -> list[Turn]:
-        keys = _keys(_prefix(user), conversation_id)[1:]
+        keys = _keys(user_prefix(user), conversation_id)[1:]
         raw = await self._run(READ, keys, [])
         if raw is None:
             raise NotFound
         return _turns(raw)
 
     async def forget(self, user: str, conversation_id: str) -> None:
-        keys = _keys(_prefix(user), conversation_id)
+        keys = _keys(user_prefix(user), conversation_id)
         if not await self._run(FORGET, keys, [conversation_id]):
             raise NotFound
         await self._run(UNCLAIM, [_owner(conversation_id)], [user])
@@ -161,7 +160,7 @@ class RedisConversations:
     async def listing(self, user: str, cursor: str | None = None, limit: int = PAGE_SIZE) -> Page:
         top, _, after = (cursor or "").partition(":")
         highest = top if top.isdigit() else "+inf"
-        prefix = _prefix(user)
+        prefix = user_prefix(user)
         rows = await self._run(LIST, [f"{prefix}:convs"], [highest, limit + 1 + TIES, prefix])
         found = [
             Summary(cid.decode(), title.decode(), int(score) / 1000, int(messages) // 2)
@@ -182,11 +181,6 @@ class RedisConversations:
         if result is unavailable:
             raise HistoryUnavailable
         return result
-
-
-def _prefix(user: str) -> str:
-    # A hash, not the name itself: a `sub` may hold `{` or `}`, which would move the tag.
-    return f"chat:u:{{{hashlib.sha256(user.encode()).hexdigest()[:32]}}}"
 
 
 def _keys(prefix: str, conversation_id: str) -> list[str]:

@@ -80,12 +80,18 @@ connections_refused = Counter(
     "Connections closed before a request: header_timeout, header_size, max_connections.",
     ["reason"],
 )
+tokens = Counter(
+    "chat_tokens",
+    "Tokens used by generations (the upstream's count, or an estimate), by kind.",
+    ["kind"],
+)
 redis_errors = Counter("chat_redis_errors", "Failed Redis operations, by operation.", ["op"])
 # The label values each metric can take, made present (at 0) when a worker starts: a
 # dashboard then sees "none yet" as 0 rather than as no data, and a test can tell a count
 # of nothing from a metric that is not there.
 KNOWN_LABELS: dict[Counter | Histogram, tuple[str, ...]] = {
-    rate_limited: ("rate", "streams", "ip"),
+    rate_limited: ("rate", "streams", "ip", "tokens"),
+    tokens: ("prompt", "completion"),
     cache_requests: ("hit", "miss"),
     auth_failures: (
         "missing",
@@ -117,6 +123,7 @@ KNOWN_LABELS: dict[Counter | Histogram, tuple[str, ...]] = {
         "cache_put",
         "cache_lock",
         "history",
+        "budget",
         "ping",
         "probe",
     ),

@@ -108,6 +108,11 @@ class RequestContext:
             )
             if record.resumed:
                 fields["resumed"] = True
+            usage = record.usage
+            if usage is not None:
+                fields.update(
+                    prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+                )
         log = self.log.error if status >= 500 else self.log.info
         log("stream finished" if stream else "request", **fields)
 

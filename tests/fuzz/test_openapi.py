@@ -56,6 +56,7 @@ OPERATIONS = {
     "DELETE /conversations/{conversation_id}",
     "GET /chat/streams/{stream_id}",
     "DELETE /chat/streams/{stream_id}",
+    "GET /usage",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",

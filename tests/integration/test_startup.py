@@ -70,6 +70,11 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         ({"CHAT_ENV": "development", "CHAT_IP_RATE_LIMIT": "lots"}, "CHAT_IP_RATE_LIMIT"),
         ({"CHAT_ENV": "development", "CHAT_HEADER_TIMEOUT": "-1"}, "CHAT_HEADER_TIMEOUT"),
         ({"CHAT_ENV": "development", "CHAT_CACHE_SCOPE": "team"}, "CHAT_CACHE_SCOPE"),
+        ({"CHAT_ENV": "development", "CHAT_TOKEN_BUDGET": "lots"}, "CHAT_TOKEN_BUDGET"),
+        ({"CHAT_ENV": "development", "CHAT_TOKEN_BUDGET": "9/fortnight"}, "CHAT_TOKEN_BUDGET"),
+        # A budget that cannot hold one reply's reservation would refuse every request.
+        ({"CHAT_ENV": "development", "CHAT_TOKEN_BUDGET": "100/day"}, "CHAT_MAX_OUTPUT_TOKENS"),
+        ({"CHAT_ENV": "development", "CHAT_MAX_OUTPUT_TOKENS": "0"}, "CHAT_MAX_OUTPUT_TOKENS"),
     ],
     ids=[
         "missing-key",
@@ -85,6 +90,10 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         "ip-rate-syntax",
         "negative-header-timeout",
         "unknown-cache-scope",
+        "token-budget-syntax",
+        "token-budget-window",
+        "token-budget-below-one-reply",
+        "output-tokens-out-of-range",
     ],
 )
 def test_production_refuses_to_start(env: dict[str, str], names: str) -> None:

@@ -31,6 +31,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[Seen] = []
         self.attempts: dict[str, int] = {}
+        self.consumed: list[int] = []  # tokens each metered request used (see `_metered`)
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self._started = threading.Event()
@@ -105,6 +106,12 @@ class FakeOpenAI:
         def delta(**fields: Any) -> dict[str, Any]:
             return {"choices": [{"index": 0, "delta": fields, "finish_reason": None}]}
 
+        if scenario == "no-max-tokens" and "max_tokens" in seen.body:
+            # A server that knows only `max_completion_tokens` (OpenAI's reasoning models).
+            start("400 Bad Request", "application/json")
+            writer.write(b'{"error": {"message": "Unsupported parameter: max_tokens"}}')
+            await writer.drain()
+            return
         if scenario.startswith("status-"):
             code = scenario.split("-")[1]
             start(f"{code} Nope", "application/json")
@@ -130,6 +137,9 @@ class FakeOpenAI:
             await chunk(delta(content="Half an ans"))
             writer.transport.abort()
             return
+        if scenario in ("budget", "nousage"):
+            await self._metered(seen, message, chunk, delta, usage=scenario == "budget")
+            return
         field_name = "reasoning" if scenario == "reasoning-field" else "reasoning_content"
         await chunk(delta(role="assistant", content=""))
         await chunk(delta(**{field_name: "First I read "}))
@@ -147,6 +157,40 @@ class FakeOpenAI:
             }
         )
         await chunk("[DONE]")
+
+    async def _metered(self, seen: Seen, message: str, chunk: Any, delta: Any, usage: bool) -> None:
+        """`budget N [pause]`: N tokens, a word each, `pause` seconds apart (0.01), as far
+        as the request's output limit lets it; then its own usage report (`budget`), or none
+        (`nousage`). Every usage it reports is recorded in `self.usage`."""
+        words = message.split()
+        wanted = int(words[1]) if len(words) > 1 else 10
+        pause = float(words[2]) if len(words) > 2 else 0.01
+        cap = seen.body.get("max_completion_tokens") or seen.body.get("max_tokens") or wanted
+        sent = 0
+        reason = "stop"
+        try:
+            for _ in range(wanted):
+                if sent >= cap:
+                    reason = "length"
+                    break
+                await chunk(delta(content=f"w{sent} "))
+                sent += 1
+                await asyncio.sleep(pause)
+        finally:
+            prompt = count_prompt_tokens(seen.body["messages"])
+            # What it consumed, reported or not: the truth a budget is checked against.
+            self.consumed.append(prompt + sent)
+        await chunk({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
+        if usage:
+            report = {"prompt_tokens": prompt, "completion_tokens": sent}
+            await chunk({"choices": [], "usage": {**report, "total_tokens": prompt + sent}})
+        await chunk("[DONE]")
+
+
+def count_prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """This upstream's own count of a prompt: a token a word, and OpenAI's framing (four a
+    message, three priming the reply). It differs from the service's estimate on purpose."""
+    return 3 + sum(4 + len(str(m.get("content", "")).split()) for m in messages)
 
 
 @contextmanager

@@ -61,8 +61,12 @@ def test_a_miss_is_stored_then_replayed_and_the_generation_is_forgotten() -> Non
     miss, stored, hit, bypass, left = run(scenario, resume_window=0)
     assert [r.headers["x-cache"] for r in (miss, hit, bypass)] == ["MISS", "HIT", "MISS"]
     assert stored is not None and stored[-1].name == "done"
-    # The same events; each stream has ids of its own.
-    assert [e[1:] for e in events(hit)[1:]] == [e[1:] for e in events(miss)[1:]]
+    # The same events; each stream has ids of its own, and the replay used no tokens.
+    assert [e[1:] for e in events(hit)[1:-1]] == [e[1:] for e in events(miss)[1:-1]]
+    assert events(miss)[-1][2].startswith('{"reason":"complete","usage":{"prompt_tokens":11,')
+    assert events(hit)[-1][2] == (
+        '{"reason":"complete","usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}'
+    )
     texts = ["".join(e[2][9:-2] for e in events(r) if e[1] == "content") for r in (miss, hit)]
     assert texts[0] == texts[1] == demo_reply("remember me")
     sid = miss.headers["x-stream-id"]
