@@ -1,6 +1,7 @@
 """Benchmark the full service against bare baselines, in one run on this machine.
 
     .venv/bin/python -m bench [--seconds 4] [--idle 5000] [--json bench/results.json]
+                              [--no-paced] [--no-budget]
 
 Servers (the full service under gunicorn with real Redis, a Starlette StreamingResponse app
 and a raw ASGI app, both under uvicorn) are pinned to the first core, the load client
@@ -52,7 +53,9 @@ def _pinned(cpus: set[int]) -> Any:
 
 
 @contextmanager
-def server(kind: str, delay_scale: float, redis_url: str | None) -> Any:
+def server(
+    kind: str, delay_scale: float, redis_url: str | None, extra: dict[str, str] | None = None
+) -> Any:
     port = free_port()
     log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the server's stdout, kept past `with`
         prefix=f"bench-{kind}-", suffix=".log", delete=False
@@ -73,6 +76,7 @@ def server(kind: str, delay_scale: float, redis_url: str | None) -> Any:
         )
         if redis_url:
             env["CHAT_REDIS_URL"] = redis_url
+        env.update(extra or {})
         command = [str(Path(PYTHON).parent / "chat-service"), "serve"]
     else:
         env["BENCH_DELAY_SCALE"] = str(delay_scale)
@@ -265,6 +269,25 @@ def run_paced(kind: str, tokens_file: str, redis_url: str | None) -> dict[str, A
     return {"sustained_streams": sustained, "levels": levels}
 
 
+# Out of reach: every stream is reserved and settled, none refused.
+BUDGET = {"CHAT_TOKEN_BUDGET": "1000000000000/day"}
+
+
+def run_budget(tokens_file: str, redis_url: str, seconds: float, repeat: int) -> dict[str, Any]:
+    """The service at concurrency 10 without and with a token budget (a reservation in the
+    admission's round trip, a settlement at each end), alternated twice, so that both
+    meet the same moments of a noisy machine."""
+    figures: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(2):
+        for name, extra in (("without", None), ("with", BUDGET)):
+            with server("service", 0.0, redis_url, extra) as (port, _):
+                run_load(port, 10, 1.0, tokens_file)  # warm-up, discarded
+                run = median_run(port, 10, seconds, tokens_file, repeat)
+                figures[name].append(run["events_per_s"])
+    without, with_budget = (sum(v) / len(v) for v in figures.values())
+    return {"without": without, "with": with_budget, "runs": figures}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="per run")
@@ -275,6 +298,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-paced", dest="paced", action="store_false", help="skip the paced run (~2 min)"
+    )
+    parser.add_argument(
+        "--no-budget",
+        dest="budget",
+        action="store_false",
+        help="skip the token-budget comparison (~1 min)",
     )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -309,6 +338,8 @@ def main() -> None:
                     figures["paced"] = run_paced(kind, tokens.name, redis_url)
                 results[kind] = figures
                 print(f"measured {kind}", file=sys.stderr, flush=True)
+            if args.budget:
+                results["budget"] = run_budget(tokens.name, redis.url, args.seconds, args.repeat)
     finally:
         os.unlink(tokens.name)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -345,6 +376,12 @@ def table(results: dict[str, Any]) -> str:
         f"({memory['first_content_p50_ms']:.2f} ms without it), streams/s "
         f"{redis['streams_per_s'] / memory['streams_per_s']:.2f}x"
     )
+    if "budget" in results:
+        budget = results["budget"]
+        rows.append(
+            f"A token budget at c=10: events/s {budget['with']:.0f} with, "
+            f"{budget['without']:.0f} without: {budget['with'] / budget['without']:.2f}x"
+        )
     rows.append("")
     for key, label in (
         ("idle_streams_held", "idle streams held"),
