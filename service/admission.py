@@ -151,9 +151,10 @@ class Admission:
         assert reservation is not None
         metrics.rate_limited.labels("tokens").inc()
         budgets = self.services.budgets
+        left = min(budgets.limit, reservation.standing.remaining + reservation.tokens)
         raise TooManyRequests(
-            f"token budget reached: {reservation.standing.remaining} of {budgets.limit} "
-            f"tokens left, this request needs up to {reservation.wanted}",
+            f"token budget reached: {left} of {budgets.limit} tokens left, "
+            f"this request needs up to {reservation.tokens + reservation.wanted}",
             budgets.retry_after(reservation),
             self._limits(),
         )

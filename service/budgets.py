@@ -277,8 +277,8 @@ class TokenBudgets:
     def retry_after(self, reservation: Reservation) -> int:
         """When a refused request may fit: when open reservations settle, if settling them
         could make room; otherwise when the window ends."""
-        standing = reservation.standing
-        if standing.used - standing.reserved + reservation.wanted <= self.limit:
+        standing, needed = reservation.standing, reservation.tokens + reservation.wanted
+        if standing.used - standing.reserved + needed <= self.limit:
             return min(SETTLING_RETRY_AFTER, max(1, standing.reset_seconds))
         return max(1, standing.reset_seconds)
 

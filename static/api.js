@@ -1,6 +1,6 @@
 // The calls the page makes: POST /chat, answered with an event stream; GET
 // /chat/streams/{id} to resume one after the last event seen; DELETE /chat/streams/{id} to
-// stop one.
+// stop one; GET /usage for what is left of the token budget.
 //
 // Errors before the stream are JSON {"detail": ...} with a status (401, 404, 413, 415, 422,
 // 429, 503); they become a ChatHttpError. After the stream has started, failures arrive as an
@@ -102,6 +102,22 @@ export async function resumeChat({ streamId, lastEventId, token, signal }) {
 export async function stopChat({ streamId, token }) {
   const url = new URL(`chat/streams/${encodeURIComponent(streamId)}`, document.baseURI);
   await fetch(url, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } });
+}
+
+/**
+ * Where the user stands against the token budget: {limit, used, remaining, reset_seconds}
+ * (limit null when there is none), or null when the server could not say.
+ */
+export async function fetchUsage({ token }) {
+  try {
+    const response = await fetch(new URL("usage", document.baseURI), {
+      headers: { Authorization: `Bearer ${token}` },
+      cache: "no-store",
+    });
+    return response.ok ? await response.json() : null;
+  } catch {
+    return null;
+  }
 }
 
 async function* parsedEvents(body) {

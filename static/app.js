@@ -9,9 +9,12 @@
 // /chat/streams/{id} with Last-Event-ID); a reload mid-reply finds the stream in
 // sessionStorage and replays it into a new bubble from its start; Stop stops the
 // generation itself (DELETE /chat/streams/{id}), not just this page's reading of it.
+//
+// With a token budget (CHAT_TOKEN_BUDGET) the line under the composer says what is left
+// (GET /usage, after each reply), and a request the budget cannot hold says when it renews.
 
 import { applyTranslations, lang, t } from "./i18n.js";
-import { ChatHttpError, openChat, resumeChat, stopChat } from "./api.js";
+import { ChatHttpError, fetchUsage, openChat, resumeChat, stopChat } from "./api.js";
 import { AssistantMessage, addUserMessage } from "./bubble.js";
 import { handleCopyClick } from "./markdown.js";
 import { ScrollFollower } from "./scroll.js";
@@ -24,6 +27,7 @@ const input = $("messageInput");
 const sendButton = $("sendButton");
 const stopButton = $("stopButton");
 const announcer = $("announcer");
+const budgetStatus = $("budgetStatus");
 
 applyTranslations();
 takeTokenFromUrl();
@@ -71,6 +75,7 @@ $("tokenButton").addEventListener("click", () => tokenDialog.ask());
 messages.addEventListener("click", handleCopyClick);
 
 if (!getToken()) tokenDialog.ask();
+else showBudget();
 input.focus();
 if (saved?.streamId) reopen(saved);
 else save(null);
@@ -114,7 +119,21 @@ async function streamInto(bubble, run) {
     active = null;
     save(null);
     setStreaming(false);
+    showBudget();
   }
+}
+
+/** What is left of the token budget, under the composer; nothing when there is none. */
+async function showBudget() {
+  const token = getToken();
+  const usage = token ? await fetchUsage({ token }) : null;
+  if (!usage || typeof usage.limit !== "number") {
+    budgetStatus.hidden = true;
+    return;
+  }
+  budgetStatus.textContent = t("budgetLeft", usage.remaining, usage.limit, retryTime(usage.reset_seconds));
+  budgetStatus.classList.toggle("exhausted", usage.remaining <= 0);
+  budgetStatus.hidden = false;
 }
 
 async function converse(message, bubble, signal) {
@@ -244,6 +263,9 @@ function describeError(error) {
     case 422:
       return `${t("http422")}${error.detail ? `: ${error.detail}` : ""}.`;
     case 429:
+      if (error.detail.startsWith("token budget")) {
+        return t("budgetOut", retryTime(error.retryAfter ?? 60));
+      }
       if (error.retryAfter === null) return t("http429NoTime");
       return t("http429", error.retryAfter, retryTime(error.retryAfter));
     case 503:

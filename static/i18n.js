@@ -41,6 +41,10 @@ const EN = {
   http429: (seconds, time) =>
     `too many requests. Try again in ${seconds} s (at ${time}).`,
   http429NoTime: "too many requests. Try again in a moment.",
+  budgetOut: (time) =>
+    `you have used the tokens you may use for now. More become available at ${time}.`,
+  budgetLeft: (remaining, limit, time) =>
+    `${remaining.toLocaleString("en")} of ${limit.toLocaleString("en")} tokens left, renewed at ${time}`,
   http503: "the service is unavailable right now. Try again shortly.",
   httpOther: (status) => `the server answered ${status}.`,
   shutdown: "the server restarted during the reply. Send the message again.",
@@ -90,6 +94,9 @@ const ZH = {
   http422: "消息未被接受",
   http429: (seconds, time) => `请求过于频繁，请在 ${seconds} 秒后（${time}）重试。`,
   http429NoTime: "请求过于频繁，请稍后重试。",
+  budgetOut: (time) => `您目前可用的 token 已用完，${time} 后会恢复。`,
+  budgetLeft: (remaining, limit, time) =>
+    `剩余 ${remaining.toLocaleString("zh")} / ${limit.toLocaleString("zh")} 个 token，${time} 重置`,
   http503: "服务暂时不可用，请稍后重试。",
   httpOther: (status) => `服务器返回 ${status}。`,
   shutdown: "回复过程中服务器重启了，请重新发送。",

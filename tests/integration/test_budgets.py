@@ -8,6 +8,7 @@ what the upstream says it served.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -206,6 +207,33 @@ def test_two_instances_share_one_budget(pods: tuple[Service, Service]) -> None:
     refused = post(a, token, "budget 1")
     assert refused.status == 429
     assert "token budget" in refused.raw.decode()
+    # Nothing is open that could give tokens back: the next chance is the window's end.
+    assert 3590 <= int(refused.headers["retry-after"]) <= 3600
+
+
+def number(pattern: str, text: str) -> int:
+    match = re.search(pattern, text)
+    assert match is not None, text
+    return int(match.group(1))
+
+
+def test_a_conversation_reserves_its_history_too(pods: tuple[Service, Service]) -> None:
+    a, _ = pods
+    _sub, token = user()
+    body = {"message": "budget 50", "conversation_id": f"c-{uuid.uuid4().hex[:8]}"}
+    with httpx.Client(base_url=a.url, timeout=60) as http:
+        for _ in range(20):
+            stream = stream_chat(http, "POST", "/chat", json=body, headers=bearer(token))
+            if stream.status != 200:
+                break
+    assert stream.status == 429
+    detail = stream.raw.decode()
+    needed = number(r"needs up to (\d+)", detail)
+    # The message and the output limit, and the earlier turns on top: more than a new one.
+    assert needed > 2 * (9 + MAX_OUTPUT)
+    left = number(r"reached: (\d+) of 1000", detail)
+    assert left == usage(a, token)["remaining"]
+    assert 3590 <= int(stream.headers["retry-after"]) <= 3600
 
 
 def test_headers_usage_on_done_and_metrics(pods: tuple[Service, Service]) -> None:
