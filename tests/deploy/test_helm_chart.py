@@ -111,6 +111,15 @@ def test_app_probes_ports_and_metrics_port(values: str) -> None:
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
+def test_a_token_budget_reaches_the_app_only_when_set() -> None:
+    default = env_of(app_container(rendered("default")))
+    assert "CHAT_TOKEN_BUDGET" not in default
+    assert default["CHAT_MAX_OUTPUT_TOKENS"] == "2048"
+    alternatives = env_of(app_container(rendered("alternatives")))
+    assert alternatives["CHAT_TOKEN_BUDGET"] == "200000/day"
+    assert alternatives["CHAT_MAX_OUTPUT_TOKENS"] == "1024"
+
+
 @pytest.mark.parametrize("values", list(VALUE_SETS))
 def test_secrets_reach_the_app_as_files_only(values: str) -> None:
     env = env_of(app_container(rendered(values)))
@@ -246,6 +255,8 @@ BAD_VALUES = [
     (("--set", "ports.metrics=8000"), "ports.http and ports.metrics must differ"),
     (("--set", "redis.internal.enabled=false"), "secrets.redisUrl"),
     (("--set", "config.env=production,config.corsOrigins[0]=*"), "'*'"),
+    (("--set", "config.tokenBudget=lots"), "/config/tokenBudget"),
+    (("--set", "config.maxOutputTokens=0"), "/config/maxOutputTokens"),
 ]
 
 

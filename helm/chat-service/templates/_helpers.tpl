@@ -162,6 +162,12 @@ checks.
   value: {{ .Values.config.resumeWindow | quote }}
 - name: CHAT_RESUME_MAX_BYTES
   value: {{ .Values.config.resumeMaxBytes | quote }}
+{{- with .Values.config.tokenBudget }}
+- name: CHAT_TOKEN_BUDGET
+  value: {{ . | quote }}
+{{- end }}
+- name: CHAT_MAX_OUTPUT_TOKENS
+  value: {{ .Values.config.maxOutputTokens | quote }}
 - name: CHAT_LOG_FORMAT
   value: {{ .Values.config.logFormat | quote }}
 - name: CHAT_LOG_LEVEL
