@@ -19,7 +19,7 @@ from .budgets import Reservation
 from .cache import cache_key
 from .errors import TooManyRequests
 from .events import Event
-from .limits import RateResult
+from .limits import RateResult, rate_key
 from .observability import metrics
 from .state import Services, Timing
 from .tokens import NOTHING, Usage, estimate_prompt
@@ -91,15 +91,15 @@ class Admission:
                 return None, ticket.key is not None
             return await cache.lookup(ticket.key)
 
-        rate_key = f"user:{user}"
+        window = rate_key(user)
         slot: str | None = None
         reservation: Reservation | None = None
         found: tuple[list[Event] | None, bool] = (None, False)
-        known = limits.known_refusal(rate_key)
+        known = limits.known_refusal(window)
         if known is not None:
             rate = known
         elif services.store is None:  # in memory each step is instant: nothing to undo
-            rate = await limits.hit(rate_key)
+            rate = await limits.hit(window)
             if rate.allowed:
                 slot = await slots.acquire(user)
             if slot is not None:
@@ -107,7 +107,7 @@ class Admission:
                 found = await lookup()
         else:
             rate, slot, found, reservation = await asyncio.gather(
-                limits.hit(rate_key), slots.acquire(user), lookup(), reserve()
+                limits.hit(window), slots.acquire(user), lookup(), reserve()
             )
         timing.limits = timing.cache = (time.perf_counter() - started) * 1000  # one wait
         ticket.events, ticket.leading = found

@@ -67,7 +67,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.bind(asyncio.get_running_loop())
-        store = Store(settings.redis_url) if settings.redis_url else None
+        store = Store(settings.redis_url, settings.redis_ca_file) if settings.redis_url else None
         rate_limits, ip_limits, slots = make_limits(settings, store)
         services = app.state.services = Services(
             settings=settings,

@@ -51,7 +51,9 @@ def cache_key(backend: str, model: str, message: str, user: str | None = None) -
     scope = "" if user is None else f"\0{user}"
     digest = hashlib.sha256(f"{backend}\0{model}\0{message}{scope}".encode()).hexdigest()
     # v2: entries are SSE blocks (see `blob_of`); v1 entries, JSON lists, are never read.
-    return f"chat:cache:v2:{digest}"
+    # The digest is the hash tag: an entry and its single-flight lock (`<key>:lock`), which
+    # one script touches together, share a Cluster slot.
+    return f"chat:cache:v2:{{{digest}}}"
 
 
 def blob_of(wires: Iterable[bytes]) -> bytes | None:

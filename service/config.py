@@ -53,6 +53,7 @@ class Settings(BaseSettings):
 
     cors_origins: Annotated[list[str], NoDecode] = []
     redis_url: str | None = None
+    redis_ca_file: str | None = None
     rate_limit: str = "20/minute"
     ip_rate_limit: str = "60/minute"
     header_timeout: float = Field(10.0, gt=0, le=300)
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
         "openai_api_key",
         "openai_model",
         "token_budget",
+        "redis_ca_file",
         mode="before",
     )
     @classmethod
@@ -143,8 +145,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("use a redis://, rediss:// or unix:// URL")
+        if value:
+            from .redis_modes import parse_url
+
+            parse_url(value)  # its ValueError says what is wrong, never the password
+        return value or None
+
+    @field_validator("redis_ca_file")
+    @classmethod
+    def _readable_ca(cls, value: str | None) -> str | None:
+        if value and not os.access(value, os.R_OK):
+            raise ValueError(f"cannot read {value!r}; mount the CA's PEM certificate there")
         return value or None
 
     @field_validator("log_level", "log_format", "env", "backend", "cache_scope", mode="before")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from limits import parse
 from limits.aio.storage import MemoryStorage, RedisStorage
 
-from .store import Script, Store
+from .store import Script, Store, user_prefix
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -274,7 +274,7 @@ class RedisSlots:
 
     @staticmethod
     def _key(user: str) -> str:
-        return f"chat:streams:{user}"
+        return f"{user_prefix(user)}:streams"
 
     async def acquire(self, user: str) -> str | None:
         slot = uuid.uuid4().hex
@@ -318,6 +318,11 @@ class RedisSlots:
     async def aclose(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
+
+
+def rate_key(user: str) -> str:
+    """The user's rate window, named with the user's hash tag like every key of theirs."""
+    return f"user:{user_prefix(user)}"
 
 
 def make_limits(

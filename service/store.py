@@ -34,16 +34,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import redis
-import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError
-from redis.retry import Retry as SyncRetry
 
 from .observability import metrics
 from .observability.logging import get_logger
 from .pipelining import AutoPipeline
+from .redis_modes import ClusterPipelines, Pipelines, make_pool, parse_url, sync_client
 
 T = TypeVar("T")
 log = get_logger("service.store")
@@ -77,16 +75,11 @@ class Unreachable(Exception):
 class Probe:
     """Is Redis there? A PING on a connection of its own, run in a thread of its own: the
     answer is read as soon as it arrives, however long this worker's event loop takes to
-    get round to its own sockets. Concurrent askers share one PING."""
+    get round to its own sockets. Concurrent askers share one PING. (With Sentinel the
+    PING goes to the primary the Sentinels name now; with a Cluster, to any node.)"""
 
-    def __init__(self, url: str, timeout: float) -> None:
-        self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=SyncRetry(NoBackoff(), 1),  # a connection a restart broke: once more
-            health_check_interval=0,
-        )
+    def __init__(self, client: Any) -> None:
+        self._client = client
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="redis-probe")
         self._running: asyncio.Future[bool] | None = None
 
@@ -124,34 +117,43 @@ class Store:
     def __init__(
         self,
         url: str,
+        ca_file: str | None = None,
         timeout: float = REDIS_TIMEOUT_SECONDS,
         give_up: float = REDIS_GIVE_UP_SECONDS,
         max_connections: int = REDIS_MAX_CONNECTIONS,
     ) -> None:
         self.timeout = timeout
         self.give_up = give_up
+        target = parse_url(url)
+        self.mode = target.mode
         # A blocking pool: past `max_connections` a call waits for a free connection.
         # redis-py's default pool raises at once past 100 instead, which under load would
         # read as "Redis is down" and switch limits off. Its socket timeout is only a
         # backstop: the probe decides, within `timeout`, whether Redis is there.
-        self.pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=give_up,
-            socket_timeout=give_up,
-            socket_connect_timeout=timeout,
+        settings: dict[str, Any] = {
+            "max_connections": max_connections,
+            "timeout": give_up,
+            "socket_timeout": give_up,
+            "socket_connect_timeout": timeout,
             # `call` retries a broken connection itself; redis-py's retries would add more.
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
-        self.pipeline = AutoPipeline(
-            self.pool,
-            PIPELINE_CONNECTIONS,
-            give_up,
-            stall_after=timeout,
-            on_stall=self._stalled,
-        )
-        self.probe = Probe(url, timeout)
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        self.pool = make_pool(target, ca_file, **settings)
+        self.pipeline: Pipelines
+        if target.mode == "cluster":
+            self.pipeline = ClusterPipelines(
+                target, settings, PIPELINE_CONNECTIONS, give_up, timeout, self._stalled
+            )
+        else:
+            self.pipeline = AutoPipeline(
+                self.pool,
+                PIPELINE_CONNECTIONS,
+                give_up,
+                stall_after=timeout,
+                on_stall=self._stalled,
+            )
+        self.probe = Probe(sync_client(target, ca_file, timeout))
         self._down = False
         self._trying = False  # while down: one call at a time tries Redis for real
 

@@ -10,6 +10,7 @@ import time
 
 from .errors import NotFoundError
 from .generation import Cursor
+from .limits import rate_key
 from .observability import metrics
 from .shutdown import Drain
 from .sse import EventStream
@@ -98,12 +99,12 @@ async def resume(
     budgets = services.budgets
     if budgets.enabled:
         rate, standing = await asyncio.gather(
-            services.rate_limits.peek(f"user:{user}"), budgets.standing(user)
+            services.rate_limits.peek(rate_key(user)), budgets.standing(user)
         )
         headers = rate.headers()
         budgets.add_headers(headers, standing)
     else:
-        headers = (await services.rate_limits.peek(f"user:{user}")).headers()
+        headers = (await services.rate_limits.peek(rate_key(user))).headers()
     headers["X-Cache"] = cursor.generation.cache_mode
     return respond(services, cursor, record, headers)
 

@@ -5,14 +5,27 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.redis import RedisServer, running_redis
+from tests.support.redis_topologies import RedisCluster, running_cluster
 
 
-@pytest.fixture(params=["memory", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[RedisServer | None]:
-    """Each test that takes it runs twice: with state in worker memory (None), and in a
-    real redis-server of its own."""
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[RedisCluster]:
+    """One Cluster of three primaries for the session; `store` empties it for each test."""
+    with running_cluster() as made:
+        yield made
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def store(request: pytest.FixtureRequest) -> Iterator[RedisServer | RedisCluster | None]:
+    """Each test that takes it runs three times: with state in worker memory (None), in a
+    real redis-server of its own, and in a real Redis Cluster of three primaries."""
     if request.param == "memory":
         yield None
+        return
+    if request.param == "cluster":
+        made: RedisCluster = request.getfixturevalue("cluster")
+        made.flush()
+        yield made
         return
     with running_redis() as server:
         yield server

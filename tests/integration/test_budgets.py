@@ -22,6 +22,7 @@ import pytest
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.metrics import metric
 from tests.support.redis import RedisServer, running_redis
+from tests.support.redis_topologies import RedisCluster
 from tests.support.service import Service, running_service
 from tests.support.sse import read_stream, stream_chat
 from tests.support.tokens import bearer, make_token
@@ -55,14 +56,22 @@ def upstream() -> Iterator[FakeOpenAI]:
         yield fake
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer | RedisCluster]:
+    """A redis-server of the module's own, then the session's Cluster of three."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("cluster")
+        cluster.flush()
+        yield cluster
+        return
     with running_redis() as server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def pods(upstream: FakeOpenAI, redis_server: RedisServer) -> Iterator[tuple[Service, Service]]:
+def pods(
+    upstream: FakeOpenAI, redis_server: RedisServer | RedisCluster
+) -> Iterator[tuple[Service, Service]]:
     with (
         running_service(env(upstream, redis_server.url), workers=2) as a,
         running_service(env(upstream, redis_server.url), workers=1) as b,
@@ -347,7 +356,7 @@ def test_a_stream_whose_client_left_is_settled_to_what_it_produced(
 
 
 def test_a_stream_ended_by_shutdown_is_settled_to_what_it_produced(
-    upstream: FakeOpenAI, redis_server: RedisServer, pods: tuple[Service, Service]
+    upstream: FakeOpenAI, redis_server: RedisServer | RedisCluster, pods: tuple[Service, Service]
 ) -> None:
     a, _ = pods
     _sub, token = user()
@@ -367,7 +376,7 @@ def test_a_stream_ended_by_shutdown_is_settled_to_what_it_produced(
 
 
 def test_a_settlement_that_cannot_reach_redis_is_retried(
-    pods: tuple[Service, Service], redis_server: RedisServer
+    pods: tuple[Service, Service], redis_server: RedisServer | RedisCluster
 ) -> None:
     a, _ = pods
     _sub, token = user()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import httpx
-import redis as sync_redis
 
 from tests.support.metrics import metric
 from tests.support.redis import RedisServer
@@ -35,8 +34,8 @@ def test_a_cached_reply_lives_for_the_ttl_and_no_longer(store: RedisServer | Non
     with running_service(_env(store, TTL), workers=1) as svc:
         assert [_x_cache(svc, "ttl-me"), _x_cache(svc, "ttl-me")] == ["MISS", "HIT"]
         if store is not None:
-            direct = sync_redis.Redis.from_url(store.url)
-            [key] = [k for k in direct.keys("chat:cache:*") if not k.endswith(b":lock")]
+            direct = store.client()
+            [key] = [k for k in store.keys("chat:cache:*") if not k.endswith(b":lock")]
             assert 0 < direct.pttl(key) <= TTL * 1000
         time.sleep(TTL + 0.2)  # the cache's own clock is what is under test
         assert _x_cache(svc, "ttl-me") == "MISS"
@@ -50,4 +49,4 @@ def test_a_ttl_of_zero_turns_the_cache_off(store: RedisServer | None) -> None:
         assert metric(svc.url, "chat_cache_requests_total", '{result="hit"}') == 0
         assert metric(svc.url, "chat_backend_streams_total", '{backend="demo"}') == 3
     if store is not None:
-        assert sync_redis.Redis.from_url(store.url).keys("chat:cache:*") == []
+        assert store.keys("chat:cache:*") == []

@@ -12,7 +12,6 @@ import threading
 import time
 
 import httpx
-import redis as sync_redis
 
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import Service, running_service
@@ -89,7 +88,7 @@ def test_conversations_per_user_are_bounded_and_the_oldest_go(store: RedisServer
     assert [c["id"] for c in listed["conversations"]] == ["c-4", "c-3", "c-2"]
     assert gone == [404, 404, 200, 200, 200]
     if store is not None:  # and nothing of the evicted ones is left in Redis
-        keys = sync_redis.Redis.from_url(store.url).keys("chat:*conv*")
+        keys = store.keys("chat:*conv*")
         assert not [k for k in keys if b"c-0" in k or b"c-1" in k]
 
 
@@ -147,8 +146,8 @@ def test_a_conversation_left_alone_expires_after_the_history_ttl(
         with httpx.Client(base_url=svc.url) as http:
             assert http.get("/conversations/brief", headers=bearer(token)).status_code == 200
             if store is not None:  # every key it made carries the TTL
-                direct = sync_redis.Redis.from_url(store.url)
-                keys = direct.keys("chat:*conv*")
+                direct = store.client()
+                keys = store.keys("chat:*conv*")
                 assert len(keys) >= 3
                 assert all(0 < direct.pttl(key) <= 1000 for key in keys)
             time.sleep(1.2)  # the store's own clock is what is under test

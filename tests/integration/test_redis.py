@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis as sync_redis
 
+from service.store import user_prefix
 from tests.support.metrics import metric
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import Service, running_service
@@ -80,13 +81,15 @@ def test_a_request_over_its_rate_keeps_no_slot_and_no_cache_lock(redis: RedisSer
         assert _fresh_get(svc, "/chat/first", headers=carol).names[-1] == "done"
         refused = [_fresh_get(svc, f"/chat/second {n}", headers=carol) for n in range(6)]
         assert [r.status for r in refused] == [429] * 6
-        assert store.zcard("chat:streams:carol") == 0
+        # Her keys carry her hash tag (one Cluster slot for all of a user's keys).
+        carols = user_prefix("carol")
+        assert store.zcard(f"{carols}:streams") == 0
         assert list(store.scan_iter("chat:cache:*:lock")) == []
         # The one that streamed was stored; none of the refused ones left anything.
         assert len(list(store.scan_iter("chat:cache:*"))) == 1
         # Once a worker has seen carol over her limit, it refuses her without asking Redis
         # until the window ends: the count holds the first request plus one per worker.
-        [rate_key] = store.scan_iter("chat:rate*carol*")
+        [rate_key] = store.scan_iter(f"chat:rate*{carols.replace('{', '[{]')}*")
         assert 2 <= int(store.get(rate_key) or 0) <= 3
         assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in refused)
 

@@ -75,6 +75,19 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         # A budget that cannot hold one reply's reservation would refuse every request.
         ({"CHAT_ENV": "development", "CHAT_TOKEN_BUDGET": "100/day"}, "CHAT_MAX_OUTPUT_TOKENS"),
         ({"CHAT_ENV": "development", "CHAT_MAX_OUTPUT_TOKENS": "0"}, "CHAT_MAX_OUTPUT_TOKENS"),
+        ({"CHAT_ENV": "development", "CHAT_REDIS_URL": "memcached://x:1"}, "CHAT_REDIS_URL"),
+        (
+            {"CHAT_ENV": "development", "CHAT_REDIS_URL": "redis+sentinel://127.0.0.1:26379"},
+            "CHAT_REDIS_URL",
+        ),
+        (
+            {"CHAT_ENV": "development", "CHAT_REDIS_URL": "redis+cluster://127.0.0.1:x"},
+            "CHAT_REDIS_URL",
+        ),
+        (
+            {"CHAT_ENV": "development", "CHAT_REDIS_CA_FILE": "/nonexistent/ca.pem"},
+            "CHAT_REDIS_CA_FILE",
+        ),
     ],
     ids=[
         "missing-key",
@@ -94,6 +107,10 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         "token-budget-window",
         "token-budget-below-one-reply",
         "output-tokens-out-of-range",
+        "redis-scheme",
+        "sentinel-without-service",
+        "cluster-bad-port",
+        "redis-ca-unreadable",
     ],
 )
 def test_production_refuses_to_start(env: dict[str, str], names: str) -> None:
