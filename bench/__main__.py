@@ -1,7 +1,7 @@
 """Benchmark the full service against bare baselines, in one run on this machine.
 
     .venv/bin/python -m bench [--seconds 4] [--idle 5000] [--json bench/results.json]
-                              [--no-paced] [--no-budget]
+                              [--no-paced] [--no-budget] [--no-cluster]
 
 Servers (the full service under gunicorn with real Redis, a Starlette StreamingResponse app
 and a raw ASGI app, both under uvicorn) are pinned to the first core, the load client
@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from tests.support.redis import running_redis
+from tests.support.redis_topologies import running_cluster
 from tests.support.service import free_port
 from tests.support.tokens import SECRET, make_token
 
@@ -273,19 +274,23 @@ def run_paced(kind: str, tokens_file: str, redis_url: str | None) -> dict[str, A
 BUDGET = {"CHAT_TOKEN_BUDGET": "1000000000000/day"}
 
 
-def run_budget(tokens_file: str, redis_url: str, seconds: float, repeat: int) -> dict[str, Any]:
-    """The service at concurrency 10 without and with a token budget (a reservation in the
-    admission's round trip, a settlement at each end), alternated twice, so that both
-    meet the same moments of a noisy machine."""
-    figures: dict[str, list[float]] = {"without": [], "with": []}
+def compare(
+    tokens_file: str,
+    seconds: float,
+    repeat: int,
+    variants: dict[str, tuple[str, dict[str, str] | None]],
+) -> dict[str, Any]:
+    """The service at concurrency 10 in each variant (a Redis URL and settings), the
+    variants alternated twice so that all meet the same moments of a noisy machine."""
+    figures: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(2):
-        for name, extra in (("without", None), ("with", BUDGET)):
+        for name, (redis_url, extra) in variants.items():
             with server("service", 0.0, redis_url, extra) as (port, _):
                 run_load(port, 10, 1.0, tokens_file)  # warm-up, discarded
                 run = median_run(port, 10, seconds, tokens_file, repeat)
                 figures[name].append(run["events_per_s"])
-    without, with_budget = (sum(v) / len(v) for v in figures.values())
-    return {"without": without, "with": with_budget, "runs": figures}
+    means = {name: sum(values) / len(values) for name, values in figures.items()}
+    return {**means, "runs": figures}
 
 
 def main() -> None:
@@ -298,6 +303,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-paced", dest="paced", action="store_false", help="skip the paced run (~2 min)"
+    )
+    parser.add_argument(
+        "--no-cluster",
+        dest="cluster",
+        action="store_false",
+        help="skip the Redis Cluster comparison (~1 min)",
     )
     parser.add_argument(
         "--no-budget",
@@ -339,7 +350,20 @@ def main() -> None:
                 results[kind] = figures
                 print(f"measured {kind}", file=sys.stderr, flush=True)
             if args.budget:
-                results["budget"] = run_budget(tokens.name, redis.url, args.seconds, args.repeat)
+                results["budget"] = compare(
+                    tokens.name,
+                    args.seconds,
+                    args.repeat,
+                    {"without": (redis.url, None), "with": (redis.url, BUDGET)},
+                )
+            if args.cluster:
+                with running_cluster() as cluster:
+                    results["cluster"] = compare(
+                        tokens.name,
+                        args.seconds,
+                        args.repeat,
+                        {"plain": (redis.url, None), "cluster": (cluster.url, None)},
+                    )
     finally:
         os.unlink(tokens.name)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
@@ -381,6 +405,12 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             f"A token budget at c=10: events/s {budget['with']:.0f} with, "
             f"{budget['without']:.0f} without: {budget['with'] / budget['without']:.2f}x"
+        )
+    if "cluster" in results:
+        cluster = results["cluster"]
+        rows.append(
+            f"A Redis Cluster of 3 at c=10: events/s {cluster['cluster']:.0f}, "
+            f"{cluster['plain']:.0f} on one Redis: {cluster['cluster'] / cluster['plain']:.2f}x"
         )
     rows.append("")
     for key, label in (

@@ -1,13 +1,15 @@
 """With Redis, a generation is not bound to the worker that runs it.
 
-- Its events go to a Redis stream, `chat:s:{<id>}:log`, in one entry per turn of the event
-  loop (the wire bytes of the events appended in that turn, the entry's id the number of the
-  first), through the Store's batches: never a round trip per event. Its owner, worker and
-  state are in `chat:s:{<id>}:meta`. Both live while it runs and CHAT_RESUME_WINDOW after
+- Its events go to a Redis stream, `chat:u:{<user hash>}:s:<id>:log` (under its user's
+  hash tag, so in a Cluster it lives on the node that holds the user's limits), in one
+  entry per turn of the event loop (the wire bytes of the events appended in that turn,
+  the entry's id the number of the first), through the Store's batches: never a round
+  trip per event. Its owner, worker and
+  state are in `...:s:<id>:meta`. Both live while it runs and CHAT_RESUME_WINDOW after
   it ends, and the log is trimmed to CHAT_RESUME_MAX_BYTES as the generation's own is.
 - A resume on any worker or pod of a stream running elsewhere follows that log: a `Mirror`
   is a local generation filled from it, read like any other, polling every POLL_SECONDS.
-  While it has readers it keeps `chat:s:{<id>}:readers` alive, so that the worker running
+  While it has readers it keeps `...:s:<id>:readers` alive, so that the worker running
   the generation does not stop it for want of readers.
 - A stop reaches the worker running the generation through that worker's inbox,
   `chat:w:{<worker>}:stop`, which every worker with generations polls every POLL_SECONDS.
@@ -28,7 +30,7 @@ from typing import Any
 from .events import Event, encode
 from .generation import Generation
 from .observability.logging import get_logger
-from .store import Store
+from .store import Store, user_prefix
 
 log = get_logger("service.relay")
 
@@ -42,8 +44,10 @@ INTERRUPTED = Event(
 )
 
 
-def _keys(stream_id: str) -> tuple[str, str, str]:
-    base = f"chat:s:{{{stream_id}}}"
+def _keys(stream_id: str, user: str) -> tuple[str, str, str]:
+    """A stream's keys, under its user's hash tag: in a Cluster, the node that holds the
+    user's limits holds the stream too, so a request's commands go to fewer nodes."""
+    base = f"{user_prefix(user)}:s:{stream_id}"
     return f"{base}:log", f"{base}:meta", f"{base}:readers"
 
 
@@ -80,7 +84,7 @@ class Relay:
 
     def _publish(self, generation: Generation) -> None:
         entries = generation.since(generation.published)
-        log_key, meta_key, _ = _keys(generation.id)
+        log_key, meta_key, _ = _keys(generation.id, generation.user)
         commands: list[tuple[Any, ...]] = []
         if generation.published == 0:
             meta = ("user", generation.user, "worker", self.worker, "state", "running")
@@ -114,7 +118,7 @@ class Relay:
                 self.store.send("resume", ("SET", alive, 1, "EX", ALIVE_SECONDS), urgent=True)
             if beats % int(RUNNING_TTL / 3 / INBOX_SECONDS) == 0 and beats:
                 for generation in list(self._running.values()):
-                    for key in _keys(generation.id)[:2]:
+                    for key in _keys(generation.id, generation.user)[:2]:
                         self.store.send("resume", ("PEXPIRE", key, RUNNING_TTL * 1000))
             beats += 1
             stops: Any = await self.store.execute("resume", "LPOP", inbox, 64, fallback=None)
@@ -126,14 +130,14 @@ class Relay:
 
     async def read_elsewhere(self, generation: Generation) -> bool:
         """Whether a mirror somewhere reads this generation now."""
-        _, _, readers = _keys(generation.id)
+        _, _, readers = _keys(generation.id, generation.user)
         found = await self.store.execute("resume", "EXISTS", readers, fallback=0)
         return bool(found)
 
     # --- reaching generations that run elsewhere ----------------------------------------
 
     async def _meta(self, stream_id: str, user: str) -> dict[bytes, bytes] | None:
-        _, meta_key, _ = _keys(stream_id)
+        _, meta_key, _ = _keys(stream_id, user)
         raw: Any = await self.store.execute("resume", "HGETALL", meta_key, fallback=None)
         if not raw:
             return None
@@ -158,7 +162,7 @@ class Relay:
         meta = await self._meta(stream_id, user)
         if meta is None:
             return None
-        log_key, _, _ = _keys(stream_id)
+        log_key, _, _ = _keys(stream_id, user)
         chunks: Any = await self.store.execute("resume", "XRANGE", log_key, "-", "+", fallback=None)
         mirror = Mirror(self, stream_id, user, meta.get(b"worker", b"").decode(), self.max_bytes)
         for chunk_id, fields in chunks or ():
@@ -171,7 +175,7 @@ class Relay:
     async def poll(self, mirror: Mirror) -> tuple[list[Any], bytes | None, bool]:
         """New log entries after the mirror's last, the state, and whether the worker
         running it is alive; while it reads, the readers' lease is renewed."""
-        log_key, meta_key, readers = _keys(mirror.id)
+        log_key, meta_key, readers = _keys(mirror.id, mirror.user)
         start = f"({mirror.last_chunk.decode()}" if mirror.last_chunk else "-"
         self.store.send("resume", ("SET", readers, 1, "PX", LEASE_MS), urgent=True)
         chunks, state, alive = await asyncio.gather(
@@ -182,7 +186,7 @@ class Relay:
         return list(chunks or ()), state, bool(alive)
 
     def release_lease(self, mirror: Mirror) -> None:
-        self.store.send("resume", ("DEL", _keys(mirror.id)[2]))
+        self.store.send("resume", ("DEL", _keys(mirror.id, mirror.user)[2]))
 
     async def aclose(self) -> None:
         if self._chores is not None:
