@@ -4,6 +4,7 @@ a hardened pod, probes, a grace period longer than the drain, /metrics never pub
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -109,6 +110,28 @@ def test_app_probes_ports_and_metrics_port(values: str) -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_each_redis_mode_reaches_the_app_as_a_url_file_and_a_ca_file() -> None:
+    for values in ("sentinel", "cluster", "tls"):
+        docs = rendered(values)
+        env = env_of(app_container(docs))
+        assert env["CHAT_REDIS_URL_FILE"].endswith("/redis-url")
+        assert "CHAT_REDIS_URL" not in env  # the password stays in the Secret's file
+        [secret] = [d for d in docs if d["kind"] == "Secret"]
+        url = base64.b64decode(secret["data"]["redis-url"]).decode()
+        assert url.startswith(
+            {"sentinel": "redis+sentinel://", "cluster": "redis+cluster://"}.get(
+                values, "rediss://"
+            )
+        )
+        if values == "tls":
+            assert env["CHAT_REDIS_CA_FILE"].endswith("/redis-ca.crt")
+            ca = base64.b64decode(secret["data"]["redis-ca.crt"]).decode()
+            assert ca.startswith("-----BEGIN CERTIFICATE-----")
+        else:
+            assert "CHAT_REDIS_CA_FILE" not in env and "redis-ca.crt" not in secret["data"]
+        assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
 
 
 def test_a_token_budget_reaches_the_app_only_when_set() -> None:
@@ -256,6 +279,28 @@ BAD_VALUES = [
     (("--set", "redis.internal.enabled=false"), "secrets.redisUrl"),
     (("--set", "config.env=production,config.corsOrigins[0]=*"), "'*'"),
     (("--set", "config.tokenBudget=lots"), "/config/tokenBudget"),
+    (("--set", "redis.external.mode=replicated"), "/redis/external/mode"),
+    (("--set", "secrets.redisUrl=memcached://x:1"), "/secrets/redisUrl"),
+    (
+        (
+            "--set",
+            "redis.internal.enabled=false,redis.external.mode=sentinel,"
+            "secrets.redisUrl=redis://redis.example:6379",
+        ),
+        "must start with redis+sentinel:// for redis.external.mode sentinel",
+    ),
+    (
+        ("--set", "redis.internal.enabled=false,redis.external.tls.privateCa=true"),
+        "set secrets.redisUrl",
+    ),
+    (
+        (
+            "--set",
+            "redis.internal.enabled=false,redis.external.tls.privateCa=true,"
+            "secrets.redisUrl=rediss://redis.example:6380",
+        ),
+        "redis.external.tls.privateCa needs secrets.redisCa",
+    ),
     (("--set", "config.maxOutputTokens=0"), "/config/maxOutputTokens"),
 ]
 

@@ -87,6 +87,26 @@ VALUE_SETS: dict[str, tuple[str, ...]] = {
         "serviceMonitor.enabled=true,networkPolicy.restrictEgress=true",
     ),
     "alternatives": ("--values", str(Path(__file__).parent / "values-alternatives.yaml")),
+    # The Redis an operator brings, in each mode: behind Sentinels, a Cluster, TLS with a
+    # private CA (a throwaway certificate beside these tests).
+    "sentinel": (
+        "--set",
+        "redis.internal.enabled=false,redis.external.mode=sentinel,"
+        "secrets.redisUrl=redis+sentinel://:pw@sentinel-0.example:26379\\,"
+        "sentinel-1.example:26379/chatprimary/0",
+    ),
+    "cluster": (
+        "--set",
+        "redis.internal.enabled=false,redis.external.mode=cluster,"
+        "secrets.redisUrl=redis+cluster://:pw@redis-0.example:6379\\,redis-1.example:6379",
+    ),
+    "tls": (
+        "--set",
+        "redis.internal.enabled=false,redis.external.tls.privateCa=true,"
+        "secrets.redisUrl=rediss://:pw@redis.example:6380/0",
+        "--set-file",
+        f"secrets.redisCa={Path(__file__).parent / 'redis-ca.pem'}",
+    ),
 }
 
 

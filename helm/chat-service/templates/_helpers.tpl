@@ -105,6 +105,23 @@ Refuse combinations the schema cannot express, with a message that says what to 
 {{- if and .Values.redis.enabled (not .Values.redis.internal.enabled) (not .Values.secrets.redisUrl) }}
 {{- fail "redis.internal.enabled is false: set secrets.redisUrl (or secrets.existingSecret), or redis.enabled false" }}
 {{- end }}
+{{- if and .Values.redis.enabled (not .Values.redis.internal.enabled) .Values.secrets.redisUrl }}
+{{- $schemes := dict "standalone" (list "redis://" "rediss://") "sentinel" (list "redis+sentinel://") "cluster" (list "redis+cluster://") }}
+{{- $url := .Values.secrets.redisUrl }}
+{{- $matches := false }}
+{{- range (get $schemes .Values.redis.external.mode) }}
+{{- if hasPrefix . $url }}{{ $matches = true }}{{ end }}
+{{- end }}
+{{- if not $matches }}
+{{- fail (printf "secrets.redisUrl must start with %s for redis.external.mode %s" (join " or " (get $schemes .Values.redis.external.mode)) .Values.redis.external.mode) }}
+{{- end }}
+{{- if and .Values.redis.external.tls.privateCa (not (hasPrefix "rediss://" $url)) }}
+{{- fail "redis.external.tls.privateCa needs a rediss:// URL in secrets.redisUrl" }}
+{{- end }}
+{{- end }}
+{{- if and .Values.redis.external.tls.privateCa (not .Values.secrets.redisCa) }}
+{{- fail "redis.external.tls.privateCa needs secrets.redisCa (the CA's PEM certificate), or secrets.existingSecret" }}
+{{- end }}
 {{- end }}
 {{- if and (eq .Values.auth.mode "jwks") (not .Values.auth.jwksUrl) }}
 {{- fail "auth.mode jwks needs auth.jwksUrl" }}
@@ -199,6 +216,10 @@ checks.
 {{- else }}
 - name: CHAT_REDIS_URL_FILE
   value: {{ printf "%s/%s" $secretsDir .Values.secrets.keys.redisUrl | quote }}
+{{- if .Values.redis.external.tls.privateCa }}
+- name: CHAT_REDIS_CA_FILE
+  value: {{ printf "%s/%s" $secretsDir .Values.secrets.keys.redisCa | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 - name: CHAT_BACKEND
