@@ -12,10 +12,10 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
-import redis as sync_redis
 
 from service.store import user_prefix
 from tests.support.metrics import metric
@@ -26,9 +26,21 @@ from tests.support.tokens import bearer, make_token
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisServer]:
+def redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """A redis-server of the test's own; for the tests marked `BOTH`, then the session's
+    Cluster of three primaries too (emptied first). The Cluster stands in where a test
+    only needs Redis to work: the outage tests kill and freeze one server."""
+    if getattr(request, "param", "redis") == "cluster":
+        cluster: Any = request.getfixturevalue("cluster")
+        cluster.flush()
+        yield cluster
+        return
     with running_redis() as server:
         yield server
+
+
+# The feature tests: against one server and against a Cluster.
+BOTH = pytest.mark.parametrize("redis", ["redis", "cluster"], indirect=True)
 
 
 def _metric(service: Service, name: str, labels: str = "") -> float:
@@ -41,6 +53,7 @@ def _fresh_get(service: Service, path: str, **kwargs: object) -> Stream:
         return stream_chat(http, "GET", path, **kwargs)  # type: ignore[arg-type]
 
 
+@BOTH
 def test_rate_limit_is_counted_across_workers_and_per_user(redis: RedisServer) -> None:
     env = {"CHAT_REDIS_URL": redis.url, "CHAT_RATE_LIMIT": "5/minute"}
     with running_service(env, workers=2) as svc:
@@ -70,12 +83,13 @@ def test_rate_limit_is_counted_across_workers_and_per_user(redis: RedisServer) -
         assert _metric(svc, "chat_rate_limited_total", '{limit="rate"}') >= 8
 
 
+@BOTH
 def test_a_request_over_its_rate_keeps_no_slot_and_no_cache_lock(redis: RedisServer) -> None:
     # The rate check, the slot and the cache look-up share one round trip, so a refused
     # request has taken a slot and a single-flight lock by the time it knows: it must hand
     # both back before it answers.
     env = {"CHAT_REDIS_URL": redis.url, "CHAT_RATE_LIMIT": "1/minute"}
-    store = sync_redis.Redis.from_url(redis.url)
+    store = redis.client()
     with running_service(env, workers=2) as svc:
         carol = bearer(make_token(sub="carol"))
         assert _fresh_get(svc, "/chat/first", headers=carol).names[-1] == "done"
@@ -99,6 +113,7 @@ def _open(http: httpx.Client, path: str, token: str) -> tuple[httpx.Response, It
     return response, response.iter_raw()
 
 
+@BOTH
 def test_open_stream_limit_holds_across_workers_and_releases(redis: RedisServer) -> None:
     env = {
         "CHAT_REDIS_URL": redis.url,
@@ -137,6 +152,7 @@ def test_open_stream_limit_holds_across_workers_and_releases(redis: RedisServer)
                 client.close()
 
 
+@BOTH
 def test_a_sigkilled_worker_cannot_lock_a_user_out(redis: RedisServer) -> None:
     env = {
         "CHAT_REDIS_URL": redis.url,
@@ -175,6 +191,7 @@ def _status(svc: Service, path: str, token: str) -> int:
         return response.status_code
 
 
+@BOTH
 def test_cache_hit_replays_the_same_text_at_once_and_is_shared_across_processes(
     redis: RedisServer,
 ) -> None:
@@ -199,6 +216,7 @@ def test_cache_hit_replays_the_same_text_at_once_and_is_shared_across_processes(
     assert bypass.events[-1].at > 1.0
 
 
+@BOTH
 def test_a_disconnected_stream_is_not_cached(redis: RedisServer) -> None:
     env = {"CHAT_REDIS_URL": redis.url, "CHAT_DEMO_DELAY_SCALE": "0.3"}
     with running_service(env, workers=1) as svc:
@@ -211,6 +229,7 @@ def test_a_disconnected_stream_is_not_cached(redis: RedisServer) -> None:
         assert again.names[-1] == "done"
 
 
+@BOTH
 def test_identical_requests_that_miss_together_generate_once(redis: RedisServer) -> None:
     env = {
         "CHAT_REDIS_URL": redis.url,
@@ -406,6 +425,7 @@ def test_conversations_live_in_redis_across_workers_and_keep_the_last_turns(
     assert down.status_code == 503
 
 
+@BOTH
 def test_many_concurrent_streams_do_not_exhaust_the_redis_pool(redis: RedisServer) -> None:
     """Regression: redis-py's default pool refused its 101st connection, which the service
     read as Redis being down, switching limits off under load."""
