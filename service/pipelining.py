@@ -124,8 +124,13 @@ class AutoPipeline:
             self._watch(task)
         try:
             if _closed_by_peer(connection):
-                await connection.disconnect(nowait=True)  # the write below reconnects
+                await connection.disconnect(nowait=True)  # reconnected below
             async with asyncio.timeout(self.timeout):
+                if not connection.is_connected:
+                    # `connect()` itself, not the write's implicit connect: a Sentinel-managed
+                    # connection asks the Sentinels for the primary only there, and would
+                    # otherwise dial its default address (localhost:6379).
+                    await connection.connect()
                 await connection.send_packed_command(
                     b"".join([packed for packed, _ in batch]), check_health=False
                 )

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from tests.support.redis_topologies import SentinelGroup, running_sentinel_group
 from tests.support.service import Service, running_service
@@ -40,6 +41,14 @@ def _env(group: SentinelGroup) -> dict[str, str]:
     }
 
 
+def _keys_in_primary(group: SentinelGroup) -> int:
+    primary = redis.Redis(port=group.primary_port())
+    try:
+        return int(primary.dbsize())
+    finally:
+        primary.close()
+
+
 def _chat(svc: Service, token: str, message: str, **body: str) -> int:
     return _send(svc, token, message, **body).status
 
@@ -61,6 +70,8 @@ def test_a_killed_primary_fails_open_briefly_then_everything_holds_again(
         pods = (a, b)
         assert _chat(a, make_token(sub="warm-a"), "hello") == 200
         assert _chat(b, make_token(sub="warm-b"), "hello") == 200
+        # The state is in the primary the Sentinels name (not in some other Redis).
+        assert _keys_in_primary(group) > 0
 
         # Traffic on both instances, each chat a user of its own (no limit in its way).
         stop = threading.Event()
@@ -137,7 +148,13 @@ def test_a_killed_primary_fails_open_briefly_then_everything_holds_again(
 
         # History written through one instance, read through the other.
         token = make_token(sub=f"history-{uuid.uuid4().hex}")
-        assert _chat(a, token, "remember this", conversation_id="after-failover") == 200
+        kept = _send(a, token, "remember this", conversation_id="after-failover")
+        assert kept.status == 200, kept.raw
+        promoted = redis.Redis(port=group.primary_port())
+        try:
+            assert promoted.exists("chat:conv-owner:after-failover")
+        finally:
+            promoted.close()
         history = httpx.get(f"{b.url}/conversations/after-failover", headers=bearer(token))
         assert history.status_code == 200
         assert history.json()["messages"][0]["content"] == "remember this"

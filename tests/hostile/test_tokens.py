@@ -62,7 +62,7 @@ def _flip_last_bits(segment: str) -> str:
     return segment[:-1] + alphabet[last ^ 1]
 
 
-VALID = make_token(sub="mallory")
+VALID = make_token(sub="mallory", ttl=24 * 3600)  # made at collection: outlives the run
 HEADER, PAYLOAD, SIGNATURE = VALID.split(".")
 EXP = str(int(time.time()) + 300).encode()
 ALG_NONE = _b64(b'{"alg":"none"}')

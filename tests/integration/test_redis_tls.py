@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis
 
 from tests.support.redis_topologies import TlsRedis, running_tls_redis
 from tests.support.service import running_service
@@ -45,6 +46,11 @@ def test_limits_and_history_live_in_redis_over_tls(tls: TlsRedis) -> None:
             "over tls 2",
         ]
         records = svc.records()
+    direct = redis.Redis.from_url(tls.url, ssl_ca_certs=tls.ca_file)
+    try:  # the state is in this server (over TLS), not in some other Redis
+        assert direct.exists("chat:conv-owner:tls-conv")
+    finally:
+        direct.close()
     assert not [r for r in records if "redis" in r.get("event", "") and r["level"] != "info"]
 
 
