@@ -33,8 +33,9 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/dev.lock
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 bash scripts/install-deploy-tools.sh
-# Third-party programs the tests talk to (a real SSE client), exactly as locked.
-[[ -d tests/peers/node_modules/eventsource ]] ||
+# Third-party programs the tests talk to (a real SSE client, a real OpenID provider),
+# exactly as locked.
+[[ -d tests/peers/node_modules/eventsource && -d tests/peers/node_modules/oidc-provider ]] ||
     npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
 
 .venv/bin/ruff check .

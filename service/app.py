@@ -36,7 +36,7 @@ from .observability.logging import access_logger, get_logger
 from .observability.metrics import SharedCollection
 from .observability.middleware import RequestContext
 from .relay import Relay
-from .routes import chat, conversations, health, metrics, pages, streams, usage
+from .routes import chat, conversations, health, metrics, pages, signin, streams, usage
 from .shutdown import Drain
 from .state import Services
 from .store import Store
@@ -62,6 +62,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
 
     drain = Drain(settings.graceful_timeout)
     page = pages.load_page()
+    page_headers = pages.page_headers(settings.oidc_issuer)
     collection = SharedCollection()
 
     @asynccontextmanager
@@ -73,6 +74,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
             settings=settings,
             drain=drain,
             page=page,
+            page_headers=page_headers,
             metrics=collection,
             verifier=TokenVerifier(settings),
             backend=make_backend(settings),
@@ -139,6 +141,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         chat.router,
         conversations.router,
         usage.router,
+        signin.router,
         health.router,
         metrics.router,
     )

@@ -108,11 +108,15 @@ class JwksKeys:
 
     def __init__(
         self,
-        url: str,
+        url: str | None,
         client: httpx.AsyncClient | None = None,
         max_age: float = JWKS_MAX_AGE_SECONDS,
+        issuer: str | None = None,
     ) -> None:
+        # Either the JWKS URL itself, or an OpenID issuer whose discovery document names
+        # it (`jwks_uri`), read on the first fetch.
         self._url = url
+        self._issuer = issuer
         self._client = client or httpx.AsyncClient(timeout=5.0)
         self.max_age = max_age
         self.version = 0
@@ -163,6 +167,8 @@ class JwksKeys:
                 return
             self._fetched_at = time.monotonic()
             try:
+                if self._url is None:
+                    self._url = await self._discover()
                 response = await self._client.get(self._url)
                 response.raise_for_status()
                 keys = response.json()["keys"]
@@ -181,6 +187,15 @@ class JwksKeys:
                 self._constructed.clear()
                 self.version += 1
 
+    async def _discover(self) -> str:
+        """The provider's JWKS URL, from its discovery document."""
+        response = await self._client.get(f"{self._issuer}/.well-known/openid-configuration")
+        response.raise_for_status()
+        url = response.json()["jwks_uri"]
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ValueError("the discovery document names no usable jwks_uri")
+        return url
+
     async def aclose(self) -> None:
         if self._refreshing is not None:
             self._refreshing.cancel()
@@ -195,8 +210,8 @@ class TokenVerifier:
         self.leeway = settings.jwt_leeway
         self.max_bytes = settings.jwt_max_bytes
         self.keys: StaticKeys | JwksKeys
-        if settings.jwt_jwks_url:
-            self.keys = JwksKeys(settings.jwt_jwks_url, jwks_client)
+        if settings.jwt_jwks_url or settings.oidc_issuer:
+            self.keys = JwksKeys(settings.jwt_jwks_url, jwks_client, issuer=settings.oidc_issuer)
         else:
             material = settings.jwt_secret or settings.jwt_public_key
             if not material:

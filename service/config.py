@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_leeway: float = Field(10.0, ge=0, le=30)
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_scopes: str = "openid profile"
     jwt_max_bytes: int = Field(8192, ge=256, le=65536)
 
     cors_origins: Annotated[list[str], NoDecode] = []
@@ -99,6 +102,8 @@ class Settings(BaseSettings):
         "jwt_jwks_url",
         "jwt_audience",
         "jwt_issuer",
+        "oidc_issuer",
+        "oidc_client_id",
         "openai_base_url",
         "openai_api_key",
         "openai_model",
@@ -169,7 +174,16 @@ class Settings(BaseSettings):
 
     @property
     def has_key(self) -> bool:
-        return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url)
+        return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url or self.oidc_issuer)
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError(
+                "use the provider's issuer URL, e.g. https://login.example.com/realms/x"
+            )
+        return value.rstrip("/") if value and value.count("/") > 2 else value
 
 
 def load_settings() -> Settings:
@@ -192,6 +206,7 @@ def load_settings() -> Settings:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    settings = _with_oidc(settings)
     _check_keys(settings)
     _check_budget(settings)
     if settings.env == "production":
@@ -208,7 +223,9 @@ def _describe(exc: ValidationError) -> str:
 
 
 def _check_keys(settings: Settings) -> None:
-    if settings.symmetric and (settings.jwt_public_key or settings.jwt_jwks_url):
+    if settings.symmetric and (
+        settings.jwt_public_key or settings.jwt_jwks_url or settings.oidc_issuer
+    ):
         raise ConfigError(
             "CHAT_JWT_ALGORITHMS is HS* but a public key or JWKS URL is set; "
             "use RS*/ES* algorithms with public keys, or CHAT_JWT_SECRET with HS*"
@@ -220,7 +237,9 @@ def _check_keys(settings: Settings) -> None:
         )
     if settings.jwt_public_key and settings.jwt_jwks_url:
         raise ConfigError("set CHAT_JWT_PUBLIC_KEY or CHAT_JWT_JWKS_URL, not both")
-    if not settings.symmetric and not (settings.jwt_public_key or settings.jwt_jwks_url):
+    if not settings.symmetric and not (
+        settings.jwt_public_key or settings.jwt_jwks_url or settings.oidc_issuer
+    ):
         # Development mode would make an HS secret that no RS*/ES* token can match.
         raise ConfigError(
             f"CHAT_JWT_ALGORITHMS is {','.join(settings.jwt_algorithms)} but nothing can check "
@@ -229,6 +248,33 @@ def _check_keys(settings: Settings) -> None:
         )
     if settings.backend == "openai" and not (settings.openai_base_url and settings.openai_model):
         raise ConfigError("CHAT_BACKEND=openai needs CHAT_OPENAI_BASE_URL and CHAT_OPENAI_MODEL")
+
+
+def _with_oidc(settings: Settings) -> Settings:
+    """With CHAT_OIDC_ISSUER the page signs people in with that provider, and the service
+    verifies its tokens: through the keys its discovery document names, issued by it, for
+    the page's client id (unless CHAT_JWT_AUDIENCE names another audience), RS256 or
+    ES256 unless CHAT_JWT_ALGORITHMS says otherwise."""
+    if settings.oidc_issuer is None:
+        if settings.oidc_client_id:
+            raise ConfigError("CHAT_OIDC_CLIENT_ID is set without CHAT_OIDC_ISSUER; set both")
+        return settings
+    if not settings.oidc_client_id:
+        raise ConfigError(
+            "CHAT_OIDC_ISSUER needs CHAT_OIDC_CLIENT_ID (the page's client id at the provider)"
+        )
+    if settings.jwt_secret or settings.jwt_public_key:
+        raise ConfigError(
+            "CHAT_OIDC_ISSUER verifies tokens through the provider's keys; unset "
+            "CHAT_JWT_SECRET and CHAT_JWT_PUBLIC_KEY"
+        )
+    updates: dict[str, object] = {
+        "jwt_issuer": settings.jwt_issuer or settings.oidc_issuer,
+        "jwt_audience": settings.jwt_audience or settings.oidc_client_id,
+    }
+    if "jwt_algorithms" not in settings.model_fields_set:
+        updates["jwt_algorithms"] = ["RS256", "ES256"]
+    return settings.model_copy(update=updates)
 
 
 def _check_budget(settings: Settings) -> None:

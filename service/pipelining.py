@@ -130,7 +130,7 @@ class AutoPipeline:
                     # `connect()` itself, not the write's implicit connect: a Sentinel-managed
                     # connection asks the Sentinels for the primary only there, and would
                     # otherwise dial its default address (localhost:6379).
-                    await connection.connect()
+                    await connection.connect()  # type: ignore[no-untyped-call]
                 await connection.send_packed_command(
                     b"".join([packed for packed, _ in batch]), check_health=False
                 )

@@ -35,6 +35,7 @@ class Services:
     settings: Settings
     drain: Drain
     page: bytes
+    page_headers: dict[str, str]  # its Content-Security-Policy names the OIDC issuer
     metrics: SharedCollection
     verifier: TokenVerifier
     backend: Backend

@@ -8,6 +8,7 @@ stream of the example and every browser gets HTML.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
@@ -24,16 +25,28 @@ STATIC_DIR = next(
 )
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "connect-src {connect}; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
-PAGE_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",
-    "Vary": "Accept",
-}
+
+
+def page_headers(oidc_issuer: str | None = None) -> dict[str, str]:
+    """The page's headers. Its scripts may reach this service, and with CHAT_OIDC_ISSUER
+    exactly that provider's origin too (discovery, tokens, keys), nothing else."""
+    connect = "'self'"
+    if oidc_issuer:
+        parts = urlsplit(oidc_issuer)
+        connect += f" {parts.scheme}://{parts.netloc}"
+    return {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY.format(connect=connect),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+        "Vary": "Accept",
+    }
+
+
+PAGE_HEADERS = page_headers()
 PLACEHOLDER = b"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>chat-service</title></head><body><h1>chat-service</h1>
 <p>The chat page is not installed. The API is at <a href="/docs">/docs</a>.</p></body></html>"""
@@ -80,7 +93,7 @@ def load_page() -> bytes:
 async def home(request: Request, services: AppServices) -> Response:
     """The chat page (Accept: text/html) or the demo text, streamed a character at a time."""
     if wants_html(request.headers.get("accept", "")):
-        return HTMLResponse(services.page, headers=PAGE_HEADERS)
+        return HTMLResponse(services.page, headers=services.page_headers)
     await spend_address_budget(request)  # seconds of streaming for anyone who asks
     settings = services.settings
     return StreamingResponse(

@@ -134,6 +134,15 @@ def test_each_redis_mode_reaches_the_app_as_a_url_file_and_a_ca_file() -> None:
         assert not [d for d in docs if d["metadata"]["name"].endswith("-redis")]
 
 
+def test_sign_in_with_an_openid_provider_reaches_the_app() -> None:
+    env = env_of(app_container(rendered("oidc")))
+    assert env["CHAT_OIDC_ISSUER"] == "https://login.example.com/realms/staff"
+    assert env["CHAT_OIDC_CLIENT_ID"] == "chat-page"
+    assert env["CHAT_OIDC_SCOPES"] == "openid profile"
+    # The provider's keys verify: no secret, key or algorithm list of the chart's own.
+    assert not {"CHAT_JWT_SECRET_FILE", "CHAT_JWT_ALGORITHMS", "CHAT_JWT_JWKS_URL"} & set(env)
+
+
 def test_a_token_budget_reaches_the_app_only_when_set() -> None:
     default = env_of(app_container(rendered("default")))
     assert "CHAT_TOKEN_BUDGET" not in default
@@ -280,6 +289,8 @@ BAD_VALUES = [
     (("--set", "config.env=production,config.corsOrigins[0]=*"), "'*'"),
     (("--set", "config.tokenBudget=lots"), "/config/tokenBudget"),
     (("--set", "redis.external.mode=replicated"), "/redis/external/mode"),
+    (("--set", "auth.mode=oidc"), "auth.mode oidc needs auth.oidc.issuer and auth.oidc.clientId"),
+    (("--set", "auth.oidc.issuer=login.example.com"), "/auth/oidc/issuer"),
     (("--set", "secrets.redisUrl=memcached://x:1"), "/secrets/redisUrl"),
     (
         (

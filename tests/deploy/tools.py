@@ -100,6 +100,12 @@ VALUE_SETS: dict[str, tuple[str, ...]] = {
         "redis.internal.enabled=false,redis.external.mode=cluster,"
         "secrets.redisUrl=redis+cluster://:pw@redis-0.example:6379\\,redis-1.example:6379",
     ),
+    # Signing in with an OpenID provider.
+    "oidc": (
+        "--set",
+        "auth.mode=oidc,auth.oidc.issuer=https://login.example.com/realms/staff,"
+        "auth.oidc.clientId=chat-page",
+    ),
     "tls": (
         "--set",
         "redis.internal.enabled=false,redis.external.tls.privateCa=true,"

@@ -88,6 +88,20 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
             {"CHAT_ENV": "development", "CHAT_REDIS_CA_FILE": "/nonexistent/ca.pem"},
             "CHAT_REDIS_CA_FILE",
         ),
+        (
+            {"CHAT_ENV": "development", "CHAT_OIDC_ISSUER": "https://login.example.com"},
+            "CHAT_OIDC_CLIENT_ID",
+        ),
+        ({"CHAT_ENV": "development", "CHAT_OIDC_CLIENT_ID": "chat-page"}, "CHAT_OIDC_ISSUER"),
+        (
+            {
+                "CHAT_ENV": "development",
+                "CHAT_OIDC_ISSUER": "https://login.example.com",
+                "CHAT_OIDC_CLIENT_ID": "chat-page",
+            },
+            "unset CHAT_JWT_SECRET",
+        ),
+        ({"CHAT_ENV": "development", "CHAT_OIDC_ISSUER": "login.example.com"}, "CHAT_OIDC_ISSUER"),
     ],
     ids=[
         "missing-key",
@@ -111,6 +125,10 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         "sentinel-without-service",
         "cluster-bad-port",
         "redis-ca-unreadable",
+        "oidc-without-client",
+        "oidc-client-without-issuer",
+        "oidc-beside-a-secret",
+        "oidc-issuer-not-a-url",
     ],
 )
 def test_production_refuses_to_start(env: dict[str, str], names: str) -> None:

@@ -123,6 +123,9 @@ Refuse combinations the schema cannot express, with a message that says what to 
 {{- fail "redis.external.tls.privateCa needs secrets.redisCa (the CA's PEM certificate), or secrets.existingSecret" }}
 {{- end }}
 {{- end }}
+{{- if and (eq .Values.auth.mode "oidc") (or (not .Values.auth.oidc.issuer) (not .Values.auth.oidc.clientId)) }}
+{{- fail "auth.mode oidc needs auth.oidc.issuer and auth.oidc.clientId" }}
+{{- end }}
 {{- if and (eq .Values.auth.mode "jwks") (not .Values.auth.jwksUrl) }}
 {{- fail "auth.mode jwks needs auth.jwksUrl" }}
 {{- end }}
@@ -189,8 +192,17 @@ checks.
   value: {{ .Values.config.logFormat | quote }}
 - name: CHAT_LOG_LEVEL
   value: {{ .Values.config.logLevel | quote }}
+{{- if eq .Values.auth.mode "oidc" }}
+- name: CHAT_OIDC_ISSUER
+  value: {{ .Values.auth.oidc.issuer | quote }}
+- name: CHAT_OIDC_CLIENT_ID
+  value: {{ .Values.auth.oidc.clientId | quote }}
+- name: CHAT_OIDC_SCOPES
+  value: {{ .Values.auth.oidc.scopes | quote }}
+{{- else }}
 - name: CHAT_JWT_ALGORITHMS
   value: {{ join "," .Values.auth.algorithms | quote }}
+{{- end }}
 {{- with .Values.auth.audience }}
 - name: CHAT_JWT_AUDIENCE
   value: {{ . | quote }}
@@ -205,7 +217,7 @@ checks.
 {{- else if eq .Values.auth.mode "publicKey" }}
 - name: CHAT_JWT_PUBLIC_KEY_FILE
   value: {{ printf "%s/%s" $secretsDir .Values.secrets.keys.jwtPublicKey | quote }}
-{{- else }}
+{{- else if eq .Values.auth.mode "jwks" }}
 - name: CHAT_JWT_JWKS_URL
   value: {{ .Values.auth.jwksUrl | quote }}
 {{- end }}
