@@ -65,6 +65,13 @@ PACKAGES = (
         licences=("LICENSE", "LICENSE-MPL"),
     ),
     Package(
+        name="oauth4webapi",
+        folder="oauth4webapi",
+        # OAuth 2 / OpenID Connect for the browser (the page's sign-in), one ES module.
+        files={"build/index.js": "oauth4webapi.js"},
+        licences=("LICENSE.md",),
+    ),
+    Package(
         name="@highlightjs/cdn-assets",
         folder="highlight",
         # The ES-module build of highlight.js with its ~40 common languages registered.

@@ -15,6 +15,7 @@
 
 import { applyTranslations, lang, t } from "./i18n.js";
 import { ChatHttpError, fetchUsage, openChat, resumeChat, stopChat } from "./api.js";
+import { startSignIn } from "./auth.js";
 import { AssistantMessage, addUserMessage } from "./bubble.js";
 import { handleCopyClick } from "./markdown.js";
 import { ScrollFollower } from "./scroll.js";
@@ -31,6 +32,10 @@ const budgetStatus = $("budgetStatus");
 
 applyTranslations();
 takeTokenFromUrl();
+// With an OpenID provider (GET /auth/config) people sign in there instead of pasting a
+// token; a page opened without a session leaves for the provider's sign-in at once.
+const signIn = await startSignIn();
+const signedIn = signIn ? await signIn.resume() : false;
 
 const tokenDialog = new TokenDialog($("tokenDialog"), {
   rejectedText: t("tokenRejected"),
@@ -74,7 +79,14 @@ $("newChatButton").addEventListener("click", newChat);
 $("tokenButton").addEventListener("click", () => tokenDialog.ask());
 messages.addEventListener("click", handleCopyClick);
 
-if (!getToken()) tokenDialog.ask();
+if (signIn) {
+  $("tokenButton").hidden = true;
+  signIn.onChange = showSignedIn;
+  $("signOutButton").addEventListener("click", () => signIn.signOut());
+  showSignedIn();
+  if (!signedIn) await signIn.signIn();
+  else showBudget();
+} else if (!getToken()) tokenDialog.ask();
 else showBudget();
 input.focus();
 if (saved?.streamId) reopen(saved);
@@ -123,6 +135,14 @@ async function streamInto(bubble, run) {
   }
 }
 
+/** Who is signed in, in the header, with the button that signs them out. */
+function showSignedIn() {
+  const session = signIn?.session;
+  $("userName").textContent = session ? t("signedInAs", session.name) : "";
+  $("userName").hidden = !session;
+  $("signOutButton").hidden = !session;
+}
+
 /** What is left of the token budget, under the composer; nothing when there is none. */
 async function showBudget() {
   const token = getToken();
@@ -158,10 +178,18 @@ async function converse(message, bubble, signal) {
         return;
       }
       if (error instanceof ChatHttpError && error.status === 401) {
-        // The token expired or was never good: ask again and resend the same message.
+        // The token expired or was never good: renew it (or ask again) and resend.
         clearToken();
         refused = true;
-        token = await tokenDialog.ask({ rejected: true });
+        if (signIn) {
+          token = await signIn.renew();
+          if (!token) {
+            await signIn.signIn(); // the conversation is kept for the page's return
+            return;
+          }
+        } else {
+          token = await tokenDialog.ask({ rejected: true });
+        }
         continue;
       }
       fail(bubble, describeError(error));

@@ -48,12 +48,21 @@ class ChatPage:
     def watch(self) -> None:
         self.page.on("console", self._on_console)
         self.page.on("pageerror", lambda error: self.page_errors.append(str(error)))
-        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.on("request", self._on_request)
         # A dialog would mean injected script ran; dismiss it so the page does not hang.
         self.page.on("dialog", self._on_dialog)
 
+    def _ours(self) -> bool:
+        """Whether the tab shows the chat page now (not, say, an OpenID provider's sign-in
+        page, whose own requests and messages are not the page's)."""
+        return self.page.url.startswith(self.base_url) or self.page.url == "about:blank"
+
+    def _on_request(self, request: Any) -> None:
+        if self._ours():
+            self.requests.append(request.url)
+
     def _on_console(self, message: Any) -> None:
-        if message.type != "error":
+        if message.type != "error" or not self._ours():
             return
         failed = FAILED_LOAD.search(message.text)
         if failed and int(failed.group(1)) in self.allowed_statuses:
@@ -96,7 +105,7 @@ class ChatPage:
 
     def assert_clean(self) -> None:
         assert self.page_errors == [], "the page threw"
-        assert self.console_errors == [], "the page logged errors"
+        assert self.console_errors == [], f"the page logged errors: {self.console_errors}"
         assert self.dialogs == [], "a dialog opened: injected script ran"
         assert self.off_host_requests() == [], "a request left 127.0.0.1"
 

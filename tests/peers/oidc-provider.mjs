@@ -28,6 +28,8 @@ const client = (clientId) => ({
 const provider = new Provider(issuer, {
   clients: [client("chat-page"), client("other-app")],
   pkce: { required: () => true },
+  // The page calls the token endpoint from its own origin (a public client in a browser).
+  clientBasedCORS: () => true,
   scopes: ["openid", "profile", "offline_access"],
   claims: { openid: ["sub"], profile: ["name", "preferred_username"] },
   features: {

@@ -181,8 +181,10 @@ def service_env(overrides: Mapping[str, str] | None = None, port: int = 0) -> di
     return env
 
 
-def start_service(env: Mapping[str, str] | None = None, workers: int = 2) -> Service:
-    port = free_port()
+def start_service(
+    env: Mapping[str, str] | None = None, workers: int = 2, port: int | None = None
+) -> Service:
+    port = port or free_port()
     full_env = service_env({"CHAT_WORKERS": str(workers), **(env or {})}, port)
     if "PROMETHEUS_MULTIPROC_DIR" not in full_env:
         full_env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chat-test-metrics-")
@@ -205,8 +207,11 @@ def start_service(env: Mapping[str, str] | None = None, workers: int = 2) -> Ser
 
 
 @contextmanager
-def running_service(env: Mapping[str, str] | None = None, workers: int = 2) -> Iterator[Service]:
-    service = start_service(env, workers)
+def running_service(
+    env: Mapping[str, str] | None = None, workers: int = 2, port: int | None = None
+) -> Iterator[Service]:
+    """`port`: a port chosen beforehand (another process must know the URL first)."""
+    service = start_service(env, workers, port)
     try:
         yield service
     finally:
