@@ -19,6 +19,8 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
+# A font with Chinese glyphs, so that the page's Chinese screenshots show text, not boxes.
+[[ -n "$(fc-list :lang=zh 2>/dev/null)" ]] || missing+=(fonts-wqy-microhei)
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]} with apt-get"
     as_root apt-get update -qq

@@ -120,6 +120,34 @@ export async function fetchUsage({ token }) {
   }
 }
 
+/** A page of the caller's conversations, newest first: {conversations, next}. */
+export async function listConversations({ token, cursor }) {
+  const url = new URL("conversations", document.baseURI);
+  if (cursor) url.searchParams.set("cursor", cursor);
+  return getJson(url, token);
+}
+
+/** One conversation's messages: {id, messages: [{role, content}]}. */
+export async function readConversation({ token, id }) {
+  return getJson(new URL(`conversations/${encodeURIComponent(id)}`, document.baseURI), token);
+}
+
+/** Forget a conversation (204; 404 when it was gone already). */
+export async function deleteConversation({ token, id }) {
+  const url = new URL(`conversations/${encodeURIComponent(id)}`, document.baseURI);
+  const response = await fetch(url, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok && response.status !== 404) throw await ChatHttpError.from(response);
+}
+
+async function getJson(url, token) {
+  const response = await fetch(url, {
+    headers: { Authorization: `Bearer ${token}` },
+    cache: "no-store",
+  });
+  if (!response.ok) throw await ChatHttpError.from(response);
+  return response.json();
+}
+
 async function* parsedEvents(body) {
   for await (const event of readEvents(body)) {
     let payload = {};

@@ -14,9 +14,17 @@
 // (GET /usage, after each reply), and a request the budget cannot hold says when it renews.
 
 import { applyTranslations, lang, t } from "./i18n.js";
-import { ChatHttpError, fetchUsage, openChat, resumeChat, stopChat } from "./api.js";
+import {
+  ChatHttpError,
+  fetchUsage,
+  openChat,
+  readConversation,
+  resumeChat,
+  stopChat,
+} from "./api.js";
 import { startSignIn } from "./auth.js";
 import { AssistantMessage, addUserMessage } from "./bubble.js";
+import { ConversationList } from "./history.js";
 import { handleCopyClick } from "./markdown.js";
 import { ScrollFollower } from "./scroll.js";
 import { TokenDialog, clearToken, getToken, takeTokenFromUrl } from "./token.js";
@@ -42,6 +50,18 @@ const tokenDialog = new TokenDialog($("tokenDialog"), {
   requiredText: t("tokenRequired"),
 });
 const follower = new ScrollFollower(messages, $("scrollButton"));
+const conversations = new ConversationList(
+  {
+    sidebar: $("sidebar"),
+    list: $("conversationList"),
+    empty: $("historyEmpty"),
+    more: $("moreHistoryButton"),
+    toggle: $("historyButton"),
+    close: $("closeHistoryButton"),
+    dialog: $("deleteDialog"),
+  },
+  { getToken, onOpen: openConversation, onDeleted: (id) => id === conversationId && newChat() },
+);
 
 // What survives a reload of this tab: the conversation, and the reply still streaming.
 const SAVED = "chat-service.active";
@@ -89,6 +109,11 @@ if (signIn) {
 } else if (!getToken()) tokenDialog.ask();
 else showBudget();
 input.focus();
+// After a reload the open conversation is shown again (when the list knows it: a new one
+// has nothing to show, and asking for it would only be a 404).
+if ((await conversations.refresh(conversationId)).includes(conversationId)) {
+  await showConversation(conversationId);
+}
 if (saved?.streamId) reopen(saved);
 else save(null);
 
@@ -132,7 +157,44 @@ async function streamInto(bubble, run) {
     save(null);
     setStreaming(false);
     showBudget();
+    conversations.refresh(conversationId);
   }
+}
+
+/** A conversation from the list: its messages shown, and the next message continues it. */
+async function openConversation({ id, title }) {
+  if (id === conversationId && !streaming) return;
+  stop();
+  clearMessages();
+  conversationId = id;
+  save(null);
+  await showConversation(id);
+  announce(t("announceOpened", title || id));
+  input.focus();
+}
+
+/** The stored turns of `id` in the message list (none when it is new or gone). */
+async function showConversation(id) {
+  let history;
+  try {
+    history = await readConversation({ token: getToken(), id });
+  } catch {
+    return; // new, expired or deleted: the list shows nothing of it
+  }
+  for (const { role, content } of history.messages) {
+    if (role === "user") {
+      addUserMessage(messages, content);
+    } else {
+      const bubble = new AssistantMessage(messages, () => follower.update());
+      bubble.appendText(content);
+      bubble.finish();
+    }
+  }
+  follower.follow();
+}
+
+function clearMessages() {
+  for (const message of messages.querySelectorAll(".message:not(.welcome)")) message.remove();
 }
 
 /** Who is signed in, in the header, with the button that signs them out. */
@@ -322,8 +384,9 @@ function stop() {
 
 function newChat() {
   stop();
-  for (const message of messages.querySelectorAll(".message:not(.welcome)")) message.remove();
+  clearMessages();
   conversationId = newConversationId();
+  conversations.refresh(conversationId);
   save(null);
   follower.follow();
   input.focus();

@@ -59,6 +59,14 @@ def test_after_a_finished_reply_a_reload_replays_nothing(open_chat: OpenChat) ->
     chat = open_chat()
     chat.send("all done")
     expect(chat.reply.locator(".cursor")).to_have_count(0, timeout=20_000)
+    resumes: list[str] = []
+    chat.page.on("request", lambda r: resumes.append(r.url) if "/chat/streams/" in r.url else None)
     chat.page.reload()
     expect(chat.page.locator("#sendButton")).to_be_enabled()
-    expect(chat.page.locator(".message.assistant:not(.welcome)")).to_have_count(0)
+    # The conversation is shown again from its history, once, finished: no stream replayed.
+    expect(chat.page.locator(".message.user")).to_have_text(["all done"])
+    replies = chat.page.locator(".message.assistant:not(.welcome)")
+    expect(replies).to_have_count(1)
+    expect(replies).to_have_attribute("aria-busy", "false")
+    expect(replies.locator(".cursor")).to_have_count(0)
+    assert resumes == []

@@ -59,6 +59,7 @@ def test_sign_in_chat_reload_renew_and_sign_out(
 
     chat.send("hello from alice")
     expect(chat.wait_for_reply().locator(".content")).to_have_text(demo_reply("hello from alice"))
+    chat.screenshot("signed-in-desktop")
 
     # The access token lives 5 s; the page renews it with the refresh token, and the
     # conversation goes on with the new one.
