@@ -40,10 +40,8 @@ const budgetStatus = $("budgetStatus");
 
 applyTranslations();
 takeTokenFromUrl();
-// With an OpenID provider (GET /auth/config) people sign in there instead of pasting a
-// token; a page opened without a session leaves for the provider's sign-in at once.
-const signIn = await startSignIn();
-const signedIn = signIn ? await signIn.resume() : false;
+/** The OpenID sign-in (auth.js), once `ready` has found whether there is one. */
+let signIn = null;
 
 const tokenDialog = new TokenDialog($("tokenDialog"), {
   rejectedText: t("tokenRejected"),
@@ -99,25 +97,40 @@ $("newChatButton").addEventListener("click", newChat);
 $("tokenButton").addEventListener("click", () => tokenDialog.ask());
 messages.addEventListener("click", handleCopyClick);
 
-if (signIn) {
-  $("tokenButton").hidden = true;
-  signIn.onChange = showSignedIn;
-  $("signOutButton").addEventListener("click", () => signIn.signOut());
-  showSignedIn();
-  if (!signedIn) await signIn.signIn();
-  else showBudget();
-} else if (!getToken()) tokenDialog.ask();
-else showBudget();
 input.focus();
-// After a reload the open conversation is shown again (when the list knows it: a new one
-// has nothing to show, and asking for it would only be a 404).
-if ((await conversations.refresh(conversationId)).includes(conversationId)) {
-  await showConversation(conversationId);
+// The listeners above are in place at once; what needs the network comes after, and a
+// message sent meanwhile waits for it.
+const ready = start();
+
+async function start() {
+  // With an OpenID provider (GET /auth/config) people sign in there instead of pasting a
+  // token; a page opened without a session leaves for the provider's sign-in at once.
+  // A provider that cannot be reached leaves the page where it was before: a pasted token.
+  signIn = await startSignIn().catch(() => null);
+  if (signIn) {
+    const signedIn = await signIn.resume();
+    $("tokenButton").hidden = true;
+    signIn.onChange = showSignedIn;
+    $("signOutButton").addEventListener("click", () => signIn.signOut());
+    showSignedIn();
+    if (!signedIn) {
+      await signIn.signIn();
+      return;
+    }
+    showBudget();
+  } else if (!getToken()) tokenDialog.ask();
+  else showBudget();
+  // After a reload the open conversation is shown again (when the list knows it: a new
+  // one has nothing to show, and asking for it would only be a 404).
+  if ((await conversations.refresh(conversationId)).includes(conversationId)) {
+    await showConversation(conversationId);
+  }
+  if (saved?.streamId) reopen(saved);
+  else save(null);
 }
-if (saved?.streamId) reopen(saved);
-else save(null);
 
 async function send() {
+  await ready;
   const message = input.value.trim();
   if (!message || streaming) return;
   addUserMessage(messages, message);

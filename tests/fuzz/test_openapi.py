@@ -57,6 +57,7 @@ OPERATIONS = {
     "GET /chat/streams/{stream_id}",
     "DELETE /chat/streams/{stream_id}",
     "GET /usage",
+    "GET /auth/config",
     "GET /healthz",
     "GET /readyz",
     "GET /metrics",
@@ -202,7 +203,7 @@ BAD_TOKENS = st.one_of(
     st.builds(lambda a, b, c: f"{a}.{b}.{c}", SEGMENTS, SEGMENTS, SEGMENTS),
     st.just(make_token(sub="fuzzer", ttl=-600)),
 )
-PUBLIC = {"GET /", "GET /healthz", "GET /readyz", "GET /metrics"}
+PUBLIC = {"GET /", "GET /healthz", "GET /readyz", "GET /metrics", "GET /auth/config"}
 
 
 def test_without_a_valid_token_every_operation_refuses_and_none_answers_5xx(

@@ -25,6 +25,8 @@ from tests.support.metrics import metric
 from tests.support.service import Service, running_service
 from tests.support.tokens import SECRET, make_token
 
+# Made at collection, used minutes later in a long run: far from expiry either way.
+LIFETIME = 24 * 3600
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
@@ -50,7 +52,7 @@ def _with_header(header: bytes) -> str:
 
 
 def _claims(**overrides: object) -> bytes:
-    claims: dict[str, object] = {"sub": "mallory", "exp": int(time.time()) + 300}
+    claims: dict[str, object] = {"sub": "mallory", "exp": int(time.time()) + LIFETIME}
     claims.update(overrides)
     return _json({k: v for k, v in claims.items() if v is not None})
 
@@ -62,9 +64,9 @@ def _flip_last_bits(segment: str) -> str:
     return segment[:-1] + alphabet[last ^ 1]
 
 
-VALID = make_token(sub="mallory", ttl=24 * 3600)  # made at collection: outlives the run
+VALID = make_token(sub="mallory", ttl=LIFETIME)
 HEADER, PAYLOAD, SIGNATURE = VALID.split(".")
-EXP = str(int(time.time()) + 300).encode()
+EXP = str(int(time.time()) + LIFETIME).encode()
 ALG_NONE = _b64(b'{"alg":"none"}')
 
 SHAPES: dict[str, str] = {
@@ -130,7 +132,7 @@ SHAPES: dict[str, str] = {
     "claims: sub empty": _signed(_claims(sub="")),
     "claims: sub a list": _signed(_claims(sub=["mallory"])),
     "claims: sub too long": _signed(_claims(sub="m" * 300)),
-    "claims: no sub": _signed(_json({"exp": int(time.time()) + 300})),
+    "claims: no sub": _signed(_json({"exp": int(time.time()) + LIFETIME})),
 }
 
 
