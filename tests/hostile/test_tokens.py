@@ -28,6 +28,7 @@ from tests.support.tokens import SECRET, make_token
 # Made at collection, used minutes later in a long run: far from expiry either way.
 LIFETIME = 24 * 3600
 
+
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
