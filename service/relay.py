@@ -103,14 +103,12 @@ class Relay:
         self.store.send("resume", *commands)
 
     def ended(self, generation: Generation) -> None:
-        """Its last events and its end go out now; its keys live a window more. With no
-        generation left, this worker stops polling its inbox at once (an idle worker
-        sends Redis nothing)."""
+        """Its last events and its end go out now; its keys live a window more. (The
+        inbox poll stops by itself within INBOX_SECONDS when no generation is left;
+        stopping it at once cost a new poller, and a round trip, per stream.)"""
         self._dirty.discard(generation)
         self._publish(generation)
         self._running.pop(generation.id, None)
-        if not self._running and self._chores is not None:
-            self._chores.cancel()
 
     async def _keep_up(self) -> None:
         """While this worker runs generations: take stops from its inbox, keep its
