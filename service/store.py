@@ -61,7 +61,6 @@ REDIS_MAX_CONNECTIONS = 64
 PIPELINE_CONNECTIONS = 8
 
 
-@functools.lru_cache(maxsize=4096)
 def user_prefix(user: str) -> str:
     """The prefix of every key of one user's: in one Cluster hash slot, so that a script
     may touch several of them. A hash of the name, not the name: a `sub` may hold `{` or
