@@ -59,6 +59,8 @@ class Relay:
         self.worker = secrets.token_hex(8)
         self._running: dict[str, Generation] = {}  # tracked here while they run
         self._dirty: set[Generation] = set()
+        self._in_flight: set[Generation] = set()  # a publish sent and not yet answered
+        self._behind: set[Generation] = set()  # appended to meanwhile: publish when it is
         self._flush_scheduled = False
         self._chores: asyncio.Task[None] | None = None
 
@@ -83,6 +85,14 @@ class Relay:
             self._publish(generation)
 
     def _publish(self, generation: Generation) -> None:
+        """Send what the generation appended since its last publish. One publish per
+        generation is in flight at a time: the Store may send the next batch on another
+        connection before the last is answered, and a log entry that reached Redis after a
+        newer one would be refused (its id no longer the newest), leaving a hole that a
+        resume elsewhere would skip over. What is appended meanwhile goes next, together."""
+        if generation in self._in_flight:
+            self._behind.add(generation)
+            return
         entries = generation.since(generation.published)
         log_key, meta_key, _ = _keys(generation.id, generation.user)
         commands: list[tuple[Any, ...]] = []
@@ -100,7 +110,16 @@ class Relay:
         if generation.ended:
             commands.append(("HSET", meta_key, "state", "ended"))
         commands += [("PEXPIRE", log_key, ttl), ("PEXPIRE", meta_key, ttl)]
-        self.store.send("resume", *commands)
+        sent = self.store.send("resume", *commands)
+        if sent is not None:  # None: Redis is down, and nothing is on its way
+            self._in_flight.add(generation)
+            sent.add_done_callback(lambda _: self._published(generation))
+
+    def _published(self, generation: Generation) -> None:
+        self._in_flight.discard(generation)
+        if generation in self._behind:
+            self._behind.discard(generation)
+            self._publish(generation)
 
     def ended(self, generation: Generation) -> None:
         """Its last events and its end go out now; its keys live a window more. (The
