@@ -4,8 +4,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.redis import RedisServer, running_redis
-from tests.support.redis_topologies import RedisCluster, running_cluster
+from tests.support.redis import RedisServer
+from tests.support.redis_topologies import RedisCluster, redis_of_kind, running_cluster
 
 
 @pytest.fixture(scope="session")
@@ -19,13 +19,5 @@ def cluster() -> Iterator[RedisCluster]:
 def store(request: pytest.FixtureRequest) -> Iterator[RedisServer | RedisCluster | None]:
     """Each test that takes it runs three times: with state in worker memory (None), in a
     real redis-server of its own, and in a real Redis Cluster of three primaries."""
-    if request.param == "memory":
-        yield None
-        return
-    if request.param == "cluster":
-        made: RedisCluster = request.getfixturevalue("cluster")
-        made.flush()
+    with redis_of_kind(request, request.param) as made:
         yield made
-        return
-    with running_redis() as server:
-        yield server

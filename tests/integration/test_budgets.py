@@ -21,8 +21,8 @@ import pytest
 
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.metrics import metric
-from tests.support.redis import RedisServer, running_redis
-from tests.support.redis_topologies import RedisCluster
+from tests.support.redis import RedisServer
+from tests.support.redis_topologies import RedisCluster, redis_of_kind
 from tests.support.service import Service, running_service
 from tests.support.sse import read_stream, stream_chat
 from tests.support.tokens import bearer, make_token
@@ -59,13 +59,9 @@ def upstream() -> Iterator[FakeOpenAI]:
 @pytest.fixture(scope="module", params=["redis", "cluster"])
 def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer | RedisCluster]:
     """A redis-server of the module's own, then the session's Cluster of three."""
-    if request.param == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("cluster")
-        cluster.flush()
-        yield cluster
-        return
-    with running_redis() as server:
-        yield server
+    with redis_of_kind(request, request.param) as made:
+        assert made is not None
+        yield made
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from service.store import user_prefix
 from tests.support.metrics import metric
-from tests.support.redis import RedisServer, running_redis
+from tests.support.redis import RedisServer
+from tests.support.redis_topologies import redis_of_kind
 from tests.support.service import Service, running_service
 from tests.support.sse import Stream, read_stream, stream_chat
 from tests.support.tokens import bearer, make_token
@@ -30,13 +30,9 @@ def redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     """A redis-server of the test's own; for the tests marked `BOTH`, then the session's
     Cluster of three primaries too (emptied first). The Cluster stands in where a test
     only needs Redis to work: the outage tests kill and freeze one server."""
-    if getattr(request, "param", "redis") == "cluster":
-        cluster: Any = request.getfixturevalue("cluster")
-        cluster.flush()
-        yield cluster
-        return
-    with running_redis() as server:
-        yield server
+    with redis_of_kind(request, getattr(request, "param", "redis")) as made:
+        assert made is not None
+        yield made
 
 
 # The feature tests: against one server and against a Cluster.

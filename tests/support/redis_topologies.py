@@ -1,6 +1,6 @@
 """The Redis topologies operators run, made of Debian's `redis-server` on free ports: TLS
 with a CA made here, a primary and replica watched by three Sentinels, and a Cluster of
-three primaries made by `redis-cli --cluster create`."""
+three primaries (and their replicas, when asked) made by `redis-cli --cluster create`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.crc import key_slot
 
-from .redis import RedisServer
+from .redis import RedisServer, running_redis
 from .service import free_port
 
 SENTINEL_SERVICE = "chatprimary"
@@ -192,14 +194,17 @@ def running_sentinel_group() -> Iterator[SentinelGroup]:
 
 
 class RedisCluster:
-    """Three primaries, no replicas, every slot assigned."""
+    """Three primaries, every slot assigned; with `replicas`, that many replicas of each,
+    which take over a primary that has been silent for the node timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, replicas: int = 0) -> None:
         cluster_mode = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        cluster_mode += ["--cluster-node-timeout", "2000"]
+        cluster_mode += ["--cluster-node-timeout", "1000" if replicas else "2000"]
+        self.replicas = replicas
         # The bus port is explicit: the default (port + 10000) fails above 55535.
         self.nodes = [
-            RedisServer([*cluster_mode, "--cluster-port", str(free_port())]) for _ in range(3)
+            RedisServer([*cluster_mode, "--cluster-port", str(free_port())])
+            for _ in range(3 * (1 + replicas))
         ]
 
     @property
@@ -211,7 +216,7 @@ class RedisCluster:
             node.start()
         subprocess.run(
             ["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-             "--cluster-replicas", "0", "--cluster-yes"],
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         _wait(self._ok, "the cluster to agree")
@@ -222,9 +227,27 @@ class RedisCluster:
             try:
                 if client.cluster("info").get("cluster_state") != "ok":
                     return False
+                info = client.info("replication")
+                if info["role"] == "slave" and info.get("master_link_status") != "up":
+                    return False  # a replica still syncing could not take over yet
             finally:
                 client.close()
         return True
+
+    def serving(self, key: str) -> RedisServer:
+        """The node serving `key`'s slot, as the first live node sees it."""
+        slot = key_slot(key.encode())
+        for node in self.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            client = redis.Redis(port=node.port, socket_timeout=1)
+            try:
+                for start, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        return next(n for n in self.nodes if n.port == int(primary[1]))
+            finally:
+                client.close()
+        raise LookupError(f"no live node knows slot {slot}")
 
     def client(self) -> redis.RedisCluster:
         return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port)
@@ -256,12 +279,28 @@ class RedisCluster:
 
 
 @contextmanager
-def running_cluster() -> Iterator[RedisCluster]:
-    cluster = RedisCluster()
+def running_cluster(replicas: int = 0) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(replicas)
     with ExitStack() as stack:
         stack.callback(cluster.stop)
         cluster.start()
         yield cluster
+
+
+@contextmanager
+def redis_of_kind(request: Any, kind: str) -> Iterator[RedisServer | RedisCluster | None]:
+    """For a test parametrised by where state lives: None for "memory", a redis-server of
+    its own for "redis", the session's Cluster (its `cluster` fixture), emptied, for
+    "cluster". `request` is the test's pytest request."""
+    if kind == "memory":
+        yield None
+    elif kind == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("cluster")
+        cluster.flush()
+        yield cluster
+    else:
+        with running_redis() as server:
+            yield server
 
 
 def _wait(ready: object, what: str, timeout: float = 30.0) -> None:
