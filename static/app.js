@@ -65,6 +65,8 @@ const conversations = new ConversationList(
 const SAVED = "chat-service.active";
 const saved = readSaved();
 let conversationId = saved?.conversationId || newConversationId();
+/** Whether the server keeps turns of it: a reply ended in it, or it was opened from the list. */
+let stored = Boolean(saved?.stored);
 /** The reply being streamed: its AbortController, or null when idle. */
 let streaming = null;
 /** Its stream id and the last event shown, to come back to it. */
@@ -120,9 +122,11 @@ async function start() {
     showBudget();
   } else if (!getToken()) tokenDialog.ask();
   else showBudget();
-  // After a reload the open conversation is shown again (when the list knows it: a new
-  // one has nothing to show, and asking for it would only be a 404).
-  if ((await conversations.refresh(conversationId)).includes(conversationId)) {
+  // After a reload the open conversation is shown again, when it has turns (a new one has
+  // nothing to show, and asking for it would only be a 404); the list's first page may
+  // not reach it.
+  const listed = await conversations.refresh(conversationId);
+  if (stored || listed.includes(conversationId)) {
     await showConversation(conversationId);
   }
   if (saved?.streamId) reopen(saved);
@@ -165,6 +169,7 @@ async function streamInto(bubble, run) {
   try {
     await run(controller.signal);
   } finally {
+    if (active) stored = true; // a reply was streamed in it: its turn is kept
     streaming = null;
     active = null;
     save(null);
@@ -180,6 +185,7 @@ async function openConversation({ id, title }) {
   stop();
   clearMessages();
   conversationId = id;
+  stored = true;
   save(null);
   await showConversation(id);
   announce(t("announceOpened", title || id));
@@ -399,6 +405,7 @@ function newChat() {
   stop();
   clearMessages();
   conversationId = newConversationId();
+  stored = false;
   conversations.refresh(conversationId);
   save(null);
   follower.follow();
@@ -407,7 +414,7 @@ function newChat() {
 
 /** Keep the conversation, and the reply still streaming (or none), for a reload. */
 function save(stream) {
-  const value = { conversationId };
+  const value = { conversationId, stored };
   if (stream) Object.assign(value, { streamId: stream.streamId, message: stream.message });
   try {
     sessionStorage.setItem(SAVED, JSON.stringify(value));

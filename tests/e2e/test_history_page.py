@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from playwright.sync_api import expect
 
 from tests.support.fake_openai import FakeOpenAI, running_fake_openai
 from tests.support.service import Service, running_service
+from tests.support.sse import stream_chat
+from tests.support.tokens import bearer
 
 from .chat_page import PHONE, ChatPage, fresh_token
 from .conftest import OpenChat
@@ -28,6 +31,7 @@ def upstream_service() -> Iterator[tuple[Service, FakeOpenAI]]:
             "CHAT_OPENAI_BASE_URL": fake.base_url,
             "CHAT_OPENAI_MODEL": "history-model",
             "CHAT_CACHE_TTL": "0",
+            "CHAT_RATE_LIMIT": "100/minute",  # one test makes 21 conversations
         }
         with running_service(env, workers=1) as svc:
             yield svc, fake
@@ -108,6 +112,31 @@ def test_cancelling_the_delete_dialog_keeps_the_conversation(
     expect(page.locator(".conversation-delete")).to_be_focused()
     page.reload()
     expect(page.locator(TITLES)).to_have_text(["keep me"])
+
+
+def test_a_reload_shows_the_open_conversation_even_past_the_lists_first_page(
+    open_chat: OpenChat, upstream_service: tuple[Service, FakeOpenAI]
+) -> None:
+    """Twenty newer conversations (made elsewhere, by the API) push the open one off the
+    list's first page; a reload still shows its messages."""
+    svc, _ = upstream_service
+    token = fresh_token()
+    chat = open_chat(base_url=svc.url, auth="storage", stored_token=token)
+    _reply(chat, "the open one")
+    with httpx.Client(base_url=svc.url, timeout=30) as http:
+        for n in range(20):
+            body = {"message": f"newer {n}", "conversation_id": f"newer-{n}"}
+            made = stream_chat(http, "POST", "/chat", json=body, headers=bearer(token))
+            assert made.status == 200 and made.names[-1] == "done"
+    page = chat.page
+    page.reload()
+    expect(page.locator(TITLES)).to_have_count(20)
+    expect(page.locator(TITLES, has_text="the open one")).to_have_count(0)
+    expect(page.locator(".message.user")).to_have_text(["the open one"])
+    expect(page.locator(".message.assistant:not(.welcome) .content")).to_have_text(
+        ["Hello from the model (0 earlier)"]
+    )
+    assert _reply(chat, "still here") == "Hello from the model (2 earlier)"
 
 
 @pytest.mark.parametrize("locale", ["en-US", "zh-CN"])
