@@ -139,8 +139,9 @@ class Relay:
                 self.store.send("resume", ("SET", alive, 1, "EX", ALIVE_SECONDS), urgent=True)
             if beats % int(RUNNING_TTL / 3 / INBOX_SECONDS) == 0 and beats:
                 for generation in list(self._running.values()):
-                    for key in _keys(generation.id, generation.user)[:2]:
-                        self.store.send("resume", ("PEXPIRE", key, RUNNING_TTL * 1000))
+                    # Its keys' lives renewed in turn with its publishes: a renewal must
+                    # not land after its end has shortened them to the window.
+                    self._publish(generation)
             beats += 1
             stops: Any = await self.store.execute("resume", "LPOP", inbox, 64, fallback=None)
             for raw in stops or ():

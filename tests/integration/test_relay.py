@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from service import relay as relay_module
 from service.events import Event
 from service.generation import Generation
 from service.relay import Mirror, Relay, _keys, _NoFinisher
@@ -96,3 +97,47 @@ def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) ->
     assert len(wires) == 21  # start and 20 content events
     assert mirror is not None  # the log starts at the first event
     assert [entry.wire for entry in mirror.entries] == wires
+
+
+def test_a_long_generations_keys_outlive_their_first_lease_and_end_with_the_window(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys of a running generation live RUNNING_TTL (3 s here), renewed while it runs; a
+    generation quiet for longer than that is still there, and its end leaves them the
+    resume window (1 s here)."""
+    monkeypatch.setattr(relay_module, "RUNNING_TTL", 3)
+
+    async def body() -> tuple[int, int]:
+        store = Store(redis.url)
+        relay = Relay(store, window=1, max_bytes=1 << 20)
+        events: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        async def source() -> AsyncIterator[Event]:
+            while (event := await events.get()) is not None:
+                yield event
+
+        generation = Generation("long", "bob", source(), _NoFinisher())
+        log_key, meta, _ = _keys("long", "bob")
+        try:
+            relay.track(generation)
+            generation.start()
+            await asyncio.sleep(4.5)  # the quiet itself is what is tested: past 3 s
+            running = await store.execute("test", "PTTL", log_key, fallback=None)
+            events.put_nowait(None)
+            await generation.wait_ended()
+            relay.ended(generation)
+
+            async def ended() -> bool:
+                state = await store.execute("test", "HGET", meta, "state", fallback=None)
+                return state == b"ended"
+
+            await _until(ended)
+            left = await store.execute("test", "PTTL", log_key, fallback=None)
+            return running, left
+        finally:
+            await relay.aclose()
+            await store.aclose()
+
+    running, left = asyncio.run(body())
+    assert 0 < running <= 3000  # renewed: alive 4.5 s after it began
+    assert 0 < left <= 1000  # the window, not a renewal's 3 s
