@@ -33,6 +33,45 @@ async def _until(condition: Any, tries: int = 500) -> None:
     raise AssertionError(f"never true: {condition.__name__}")
 
 
+class Fed:
+    """A Store and Relay on the test's Redis, and one generation whose events the test
+    feeds (`feed`; None ends it), tracked by the relay once `start`ed."""
+
+    def __init__(self, url: str, stream_id: str, user: str, window: float) -> None:
+        self.store = Store(url)
+        self.relay = Relay(self.store, window=window, max_bytes=1 << 20)
+        self.events: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.generation = Generation(stream_id, user, self._source(), _NoFinisher())
+        self.log_key, self.meta_key, _ = _keys(stream_id, user)
+
+    async def _source(self) -> AsyncIterator[Event]:
+        while (event := await self.events.get()) is not None:
+            yield event
+
+    def start(self) -> None:
+        self.relay.track(self.generation)
+        self.generation.start()
+
+    def feed(self, event: Event | None) -> None:
+        self.events.put_nowait(event)
+
+    async def end(self) -> None:
+        """End the generation, and wait until its end is in Redis."""
+        self.feed(None)
+        await self.generation.wait_ended()
+        self.relay.ended(self.generation)
+
+        async def ended() -> bool:
+            state = await self.store.execute("test", "HGET", self.meta_key, "state", fallback=None)
+            return state == b"ended"
+
+        await _until(ended)
+
+    async def aclose(self) -> None:
+        await self.relay.aclose()
+        await self.store.aclose()
+
+
 def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) -> None:
     """The batch that carries a generation's first events is held up on its connection (a
     blocked command ahead of it); the next events, appended meanwhile, must not reach the
@@ -41,20 +80,12 @@ def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) ->
     events 36, 46 and 77 of a resumed reply never arrived."""
 
     async def body() -> tuple[list[bytes], Mirror | None]:
-        store = Store(redis.url)
-        relay = Relay(store, window=30, max_bytes=1 << 20)
-        events: asyncio.Queue[Event | None] = asyncio.Queue()
-
-        async def source() -> AsyncIterator[Event]:
-            while (event := await events.get()) is not None:
-                yield event
-
-        generation = Generation("held", "alice", source(), _NoFinisher())
+        fed = Fed(redis.url, "held", "alice", window=30)
+        store, generation = fed.store, fed.generation
         try:
             # Goes in the same batch as the generation's first entry, and holds it up.
             store.send("test", ("BLPOP", "release", 10))
-            relay.track(generation)
-            generation.start()
+            fed.start()
 
             async def queued() -> bool:
                 return generation.published == 1
@@ -68,7 +99,7 @@ def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) ->
 
             await _until(blocked)
             for n in range(20):
-                events.put_nowait(Event("content", {"text": str(n)}))
+                fed.feed(Event("content", {"text": str(n)}))
 
             async def appended() -> bool:
                 return generation.last_seq == 21
@@ -77,21 +108,11 @@ def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) ->
             # Whatever the relay queued meanwhile goes with this, on another connection.
             assert await store.execute("test", "PING", fallback=None) == b"PONG"
             await store.execute("test", "RPUSH", "release", 1, fallback=None)
-            events.put_nowait(None)
-            await generation.wait_ended()
-            relay.ended(generation)
-            _, meta, _ = _keys("held", "alice")
-
-            async def published() -> bool:
-                state = await store.execute("test", "HGET", meta, "state", fallback=None)
-                return state == b"ended"
-
-            await _until(published)
-            mirror = await relay.mirror("held", "alice", 0)
+            await fed.end()
+            mirror = await fed.relay.mirror("held", "alice", 0)
             return [entry.wire for entry in generation.entries], mirror
         finally:
-            await relay.aclose()
-            await store.aclose()
+            await fed.aclose()
 
     wires, mirror = asyncio.run(body())
     assert len(wires) == 21  # start and 20 content events
@@ -108,35 +129,16 @@ def test_a_long_generations_keys_outlive_their_first_lease_and_end_with_the_wind
     monkeypatch.setattr(relay_module, "RUNNING_TTL", 3)
 
     async def body() -> tuple[int, int]:
-        store = Store(redis.url)
-        relay = Relay(store, window=1, max_bytes=1 << 20)
-        events: asyncio.Queue[Event | None] = asyncio.Queue()
-
-        async def source() -> AsyncIterator[Event]:
-            while (event := await events.get()) is not None:
-                yield event
-
-        generation = Generation("long", "bob", source(), _NoFinisher())
-        log_key, meta, _ = _keys("long", "bob")
+        fed = Fed(redis.url, "long", "bob", window=1)
         try:
-            relay.track(generation)
-            generation.start()
+            fed.start()
             await asyncio.sleep(4.5)  # the quiet itself is what is tested: past 3 s
-            running = await store.execute("test", "PTTL", log_key, fallback=None)
-            events.put_nowait(None)
-            await generation.wait_ended()
-            relay.ended(generation)
-
-            async def ended() -> bool:
-                state = await store.execute("test", "HGET", meta, "state", fallback=None)
-                return state == b"ended"
-
-            await _until(ended)
-            left = await store.execute("test", "PTTL", log_key, fallback=None)
+            running = await fed.store.execute("test", "PTTL", fed.log_key, fallback=None)
+            await fed.end()
+            left = await fed.store.execute("test", "PTTL", fed.log_key, fallback=None)
             return running, left
         finally:
-            await relay.aclose()
-            await store.aclose()
+            await fed.aclose()
 
     running, left = asyncio.run(body())
     assert 0 < running <= 3000  # renewed: alive 4.5 s after it began
