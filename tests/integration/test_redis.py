@@ -156,6 +156,7 @@ def test_a_sigkilled_worker_cannot_lock_a_user_out(redis: RedisServer) -> None:
         "CHAT_STREAM_LEASE_SECONDS": "2",
         "CHAT_DEMO_DELAY_SCALE": "5",
         "CHAT_CACHE_TTL": "0",
+        "CHAT_RESUME_WINDOW": "0",  # a closed stream ends at once, not at shutdown
     }
     token = make_token(sub="killed")
     with running_service(env, workers=2) as svc, httpx.Client(base_url=svc.url) as http:
