@@ -26,7 +26,13 @@ def services_of(request: Request) -> Services:
     return services
 
 
-AppServices = Annotated[Services, Depends(services_of)]
+async def _services(request: Request) -> Services:
+    # A coroutine: FastAPI runs a plain `def` dependency in its thread pool, a hop to
+    # another thread and back for every request.
+    return services_of(request)
+
+
+AppServices = Annotated[Services, Depends(_services)]
 
 
 async def current_user(request: Request) -> Principal:
