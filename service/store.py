@@ -222,44 +222,54 @@ class Store:
 
     def send(
         self, op: str, *commands: tuple[Any, ...], urgent: bool = False
-    ) -> asyncio.Future[Any] | None:
+    ) -> asyncio.Future[None] | None:
         """Commands nobody has to wait for, batched like `execute` but, unless `urgent`,
         free to wait a moment for the next batch. A batch that fails on a broken connection
-        is sent once more; a failure is counted and logged as usual. Returns the last
-        one's future, which is done when all are (they go in one batch, answered in
-        order), or None while Redis is down."""
+        is sent once more; a failure is counted and logged as usual. Returns a future that
+        is done when all are answered, a second try included (they go in one batch,
+        answered in order, so the last one's answer says so), or None while Redis is down."""
         if self._down:
             metrics.redis_errors.labels(op).inc()
             return None
-        future = None
-        for command in commands:
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        last = len(commands) - 1
+        for n, command in enumerate(commands):
             try:
                 future = self.pipeline.execute(*command, urgent=urgent)
             except Exception as exc:  # closed, or an argument Redis cannot take
                 metrics.redis_errors.labels(op).inc()
                 log.warning("redis command not sent", op=op, error=type(exc).__name__)
                 return None
-            future.add_done_callback(functools.partial(self._sent, op, command, urgent))
-        return future
+            done = finished if n == last else None
+            future.add_done_callback(functools.partial(self._sent, op, command, urgent, done))
+        if not commands:
+            _finish(finished)
+        return finished
 
     def _sent(
-        self, op: str, command: tuple[Any, ...], urgent: bool, future: asyncio.Future[Any]
+        self,
+        op: str,
+        command: tuple[Any, ...],
+        urgent: bool,
+        finished: asyncio.Future[None] | None,
+        future: asyncio.Future[Any],
     ) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is None:
-            return
+        exc = None if future.cancelled() else future.exception()
         if isinstance(exc, ConnectionError) and not self._down:
             with contextlib.suppress(Exception):  # closed meanwhile: counted below
                 retried = self.pipeline.execute(*command, urgent=urgent)
-                retried.add_done_callback(lambda done: self._resent(op, done))
+                retried.add_done_callback(lambda done: self._resent(op, finished, done))
                 return
-        metrics.redis_errors.labels(op).inc()
+        if exc is not None:
+            metrics.redis_errors.labels(op).inc()
+        _finish(finished)
 
-    def _resent(self, op: str, future: asyncio.Future[Any]) -> None:
+    def _resent(
+        self, op: str, finished: asyncio.Future[None] | None, future: asyncio.Future[Any]
+    ) -> None:
         if not future.cancelled() and future.exception() is not None:
             metrics.redis_errors.labels(op).inc()
+        _finish(finished)
 
     def lost_by_probe(self) -> None:
         """The probe got no answer: Redis is down for every call, and whatever is waiting
@@ -290,3 +300,8 @@ class Store:
         await self.pipeline.aclose()
         await self.pool.disconnect()
         self.probe.close()
+
+
+def _finish(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)

@@ -196,3 +196,35 @@ def test_a_closed_store_falls_back_at_once(redis: RedisServer) -> None:
         return await store.execute("test", "PING", fallback="fell back")
 
     assert _with_store(redis.url, body) == "fell back"
+
+
+def test_what_send_returns_is_done_only_when_a_resent_batch_is_answered(
+    redis: RedisServer,
+) -> None:
+    """A batch whose connection breaks is sent once more; the future `send` returns must
+    cover that second try, or a caller that orders its batches by it (a generation's log,
+    relay.py) sends the next before this one has landed."""
+
+    async def body(store: Store) -> Any:
+        sent = store.send("test", ("BLPOP", "nothing", 0.3), ("SET", "landed", "yes"))
+        assert sent is not None
+        # Asked on a connection of the test's own: Redis tells no one when a client blocks.
+        blocked = await asyncio.to_thread(_blocked_client, redis.url)
+        with sync_redis.Redis.from_url(redis.url) as client:
+            client.client_kill_filter(_id=blocked)
+        await asyncio.wait([sent], timeout=5)
+        assert sent.done()
+        return _get(redis.url, "landed")  # the second try's SET, behind its own BLPOP
+
+    assert _with_store(redis.url, body) == b"yes"
+
+
+def _blocked_client(url: str) -> int:
+    """The id of the first client blocked in BLPOP, once there is one."""
+    with sync_redis.Redis.from_url(url) as client:
+        for _ in range(500):
+            for entry in client.client_list():
+                if entry["cmd"] == "blpop":
+                    return int(entry["id"])
+            time.sleep(0.01)
+    raise AssertionError("no client blocked")
