@@ -59,7 +59,7 @@ class Relay:
         self.worker = secrets.token_hex(8)
         self._running: dict[str, Generation] = {}  # tracked here while they run
         self._dirty: set[Generation] = set()
-        self._in_flight: set[Generation] = set()  # a publish sent and not yet answered
+        self._in_flight: dict[Generation, asyncio.Future[None]] = {}  # sent, unanswered
         self._behind: set[Generation] = set()  # appended to meanwhile: publish when it is
         self._flush_scheduled = False
         self._chores: asyncio.Task[None] | None = None
@@ -112,11 +112,11 @@ class Relay:
         commands += [("PEXPIRE", log_key, ttl), ("PEXPIRE", meta_key, ttl)]
         sent = self.store.send("resume", *commands)
         if sent is not None:  # None: Redis is down, and nothing is on its way
-            self._in_flight.add(generation)
+            self._in_flight[generation] = sent
             sent.add_done_callback(lambda _: self._published(generation))
 
     def _published(self, generation: Generation) -> None:
-        self._in_flight.discard(generation)
+        del self._in_flight[generation]
         if generation in self._behind:
             self._behind.discard(generation)
             self._publish(generation)
@@ -211,10 +211,16 @@ class Relay:
         self.store.send("resume", ("DEL", _keys(mirror.id, mirror.user)[2]))
 
     async def aclose(self) -> None:
+        """Stop the chores, and let the last publishes land before the Store closes: a
+        generation's end (its `shutdown` event) may still wait behind an earlier one."""
         if self._chores is not None:
             self._chores.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._chores
+        while self._in_flight:
+            done, _ = await asyncio.wait(self._in_flight.values(), timeout=self.store.give_up)
+            if not done:
+                return  # Redis gives no answer: the Store's close ends them
 
 
 async def _nothing() -> AsyncIterator[Event]:

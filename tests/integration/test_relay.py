@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+import redis as sync_redis
 
 from service import relay as relay_module
 from service.events import Event
@@ -143,3 +144,34 @@ def test_a_long_generations_keys_outlive_their_first_lease_and_end_with_the_wind
     running, left = asyncio.run(body())
     assert 0 < running <= 3000  # renewed: alive 4.5 s after it began
     assert 0 < left <= 1000  # the window, not a renewal's 3 s
+
+
+def test_a_generations_end_lands_before_the_store_closes(redis: RedisServer) -> None:
+    """At shutdown a generation's end (here, its last events and `state ended`) may wait
+    behind its previous publish; closing the relay lets it land before the Store closes,
+    or a resume on another pod would see a generation still running with no one to run it."""
+
+    async def body() -> None:
+        fed = Fed(redis.url, "closing", "carol", window=30)
+        store, generation = fed.store, fed.generation
+        try:
+            store.send("test", ("BLPOP", "nothing", 0.3))  # holds up the first publish
+            fed.start()
+
+            async def queued() -> bool:
+                return generation.published == 1
+
+            await _until(queued)
+            store.send("test", ("PING",), urgent=True)  # the batch goes now
+            fed.feed(Event("content", {"text": "last words"}))
+            fed.feed(None)
+            await generation.wait_ended()
+            fed.relay.ended(generation)  # behind the held-up publish
+        finally:
+            await fed.aclose()
+
+    asyncio.run(body())
+    _, meta, _ = _keys("closing", "carol")
+    with sync_redis.Redis.from_url(redis.url) as client:
+        assert client.hget(meta, "state") == b"ended"
+        assert client.xlen(_keys("closing", "carol")[0]) == 2  # start, then the rest
