@@ -163,13 +163,15 @@ async function reopen({ streamId, message }) {
 }
 
 async function streamInto(bubble, run) {
+  const id = conversationId;
   const controller = new AbortController();
   streaming = controller;
   setStreaming(true);
   try {
     await run(controller.signal);
   } finally {
-    if (active) stored = true; // a reply was streamed in it: its turn is kept
+    // A reply was streamed in it: its turn is kept (unless another conversation is open now).
+    if (active && conversationId === id) stored = true;
     streaming = null;
     active = null;
     save(null);
@@ -194,9 +196,11 @@ async function openConversation({ id, title }) {
 
 /** The stored turns of `id` in the message list (none when it is new or gone). */
 async function showConversation(id) {
+  const token = getToken();
+  if (!token) return; // nothing to ask with
   let history;
   try {
-    history = await readConversation({ token: getToken(), id });
+    history = await readConversation({ token, id });
   } catch {
     return; // new, expired or deleted: the list shows nothing of it
   }

@@ -156,6 +156,29 @@ def test_new_chat_clears_the_messages_and_starts_a_new_conversation(open_chat: O
     assert first == second != third
 
 
+def test_new_chat_during_a_reply_then_a_reload_asks_for_nothing_missing(
+    open_chat: OpenChat,
+) -> None:
+    """New chat while a reply streams stops it; the new conversation has no turns yet, so a
+    reload must not ask the server for it (a 404, logged by the browser as an error)."""
+    chat = open_chat()
+    missing: list[str] = []
+    chat.page.on(
+        "response",
+        lambda response: missing.append(response.url) if response.status == 404 else None,
+    )
+    chat.send("cut short")
+    expect(chat.page.locator("#stopButton")).to_be_visible()  # the reply is streaming
+    chat.page.locator("#newChatButton").click()
+    expect(chat.page.locator("#sendButton")).to_be_enabled()  # the old reply has ended
+    chat.page.reload()
+    expect(chat.page.locator(".message.welcome")).to_be_visible()
+    chat.send("after the reload")
+    chat.wait_for_reply()
+    expect(chat.page.locator(".message.user")).to_have_text(["after the reload"])
+    assert missing == []
+
+
 def test_auto_scroll_follows_the_reply_until_the_reader_scrolls_up(open_chat: OpenChat) -> None:
     chat = open_chat(viewport={"width": 1000, "height": 600})
     page = chat.page
