@@ -206,7 +206,7 @@ def test_what_send_returns_is_done_only_when_a_resent_batch_is_answered(
     relay.py) sends the next before this one has landed."""
 
     async def body(store: Store) -> Any:
-        sent = store.send("test", ("BLPOP", "nothing", 0.3), ("SET", "landed", "yes"))
+        sent = store.send("test", ("BLPOP", "nothing", 1.0), ("SET", "landed", "yes"))
         assert sent is not None
         # Asked on a connection of the test's own: Redis tells no one when a client blocks.
         blocked = await asyncio.to_thread(_blocked_client, redis.url)
