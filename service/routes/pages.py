@@ -46,7 +46,6 @@ def page_headers(oidc_issuer: str | None = None) -> dict[str, str]:
     }
 
 
-PAGE_HEADERS = page_headers()
 PLACEHOLDER = b"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>chat-service</title></head><body><h1>chat-service</h1>
 <p>The chat page is not installed. The API is at <a href="/docs">/docs</a>.</p></body></html>"""
