@@ -128,7 +128,7 @@ def make_pool(target: RedisTarget, ca_file: str | None, **settings: Any) -> aior
     settings.update(password=target.password, username=target.username)
     if target.mode == "sentinel":
         sentinel_kwargs = {k: v for k, v in settings.items() if k.startswith("socket_")}
-        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
         pool: aioredis.ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
             target.service, sentinel, db=target.db, **settings
         )
@@ -148,10 +148,10 @@ def sync_client(target: RedisTarget, ca_file: str | None, timeout: float) -> Any
     )
     if target.mode == "single":
         return redis.Redis.from_url(target.url, **common, **tls_options(target, ca_file))
-    auth = {"password": target.password, "username": target.username}
+    auth: dict[str, Any] = {"password": target.password, "username": target.username}
     if target.mode == "sentinel":
-        sentinel = SyncSentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-        return sentinel.master_for(target.service, db=target.db, **auth, **common)  # type: ignore[no-untyped-call]
+        sentinel = SyncSentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
+        return sentinel.master_for(target.service, db=target.db, **auth, **common)
     return _AnyNode(target.hosts, auth, common)
 
 

@@ -67,6 +67,43 @@ def test_the_dev_lock_holds_the_runtime_lock() -> None:
         assert set(versions) <= set(dev.get(name, [])), name
 
 
+@pytest.mark.parametrize(
+    ("lock", "groups"), [(RUNTIME, ["dependencies"]), (DEV, ["dependencies", "dev"])]
+)
+def test_the_lock_is_complete(lock: Path, groups: list[str]) -> None:
+    """Every requirement of every locked package (for this platform and Python, with the
+    extras asked for) is itself locked at a version it accepts: an install with `--no-deps`
+    from the lock, as the image and the tests do, lacks nothing."""
+    pins = _pins(lock)
+    project = _project()
+    declared = list(project["dependencies"])  # type: ignore[call-overload]
+    if "dev" in groups:
+        declared += project["optional-dependencies"]["dev"]  # type: ignore[index]
+    extras: dict[str, set[str]] = {}
+    for line in declared:
+        requirement = Requirement(line)
+        extras.setdefault(canonicalize_name(requirement.name), set()).update(requirement.extras)
+    missing = []
+    for name in pins:
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue  # for another platform or Python (its marker says which)
+        for line in requires:
+            requirement = Requirement(line)
+            wanted = [{"extra": extra} for extra in extras.get(name, set())] or [{"extra": ""}]
+            if requirement.marker and not any(requirement.marker.evaluate(e) for e in wanted):
+                continue
+            dependency = canonicalize_name(requirement.name)
+            if dependency not in pins:
+                missing.append(f"{name} needs {requirement}")
+            elif not any(
+                requirement.specifier.contains(v, prereleases=True) for v, _ in pins[dependency]
+            ):
+                missing.append(f"{name} needs {requirement}, locked {pins[dependency]}")
+    assert missing == []
+
+
 def test_this_environment_is_what_the_dev_lock_says() -> None:
     """scripts/test.sh installs the lock: what runs the tests is what is locked."""
     for name, versions in _pins(DEV).items():
