@@ -46,7 +46,17 @@ let signIn = null;
 const tokenDialog = new TokenDialog($("tokenDialog"), {
   rejectedText: t("tokenRejected"),
   requiredText: t("tokenRequired"),
+  malformedText: t("tokenMalformed"),
 });
+// Whether the person has begun using the page (a key, a click) since it loaded. The page
+// asks for a token on its own only before that: a dialog that opened once the start-up's
+// requests came back took the keys of a message being typed (and its Enter kept the message
+// as the "token"), while an Escape meant for it had come too early to close it. Once they
+// have begun, the page asks when it needs one: when a message is sent.
+let begun = false;
+for (const type of ["keydown", "pointerdown"]) {
+  addEventListener(type, () => (begun = true), { capture: true, once: true });
+}
 const follower = new ScrollFollower(messages, $("scrollButton"));
 const conversations = new ConversationList(
   {
@@ -120,8 +130,9 @@ async function start() {
       return;
     }
     showBudget();
-  } else if (!getToken()) tokenDialog.ask();
-  else showBudget();
+  } else if (!getToken()) {
+    if (!begun && !input.value) tokenDialog.ask();
+  } else showBudget();
   // After a reload the open conversation is shown again, when it has turns (a new one has
   // nothing to show, and asking for it would only be a 404); the list's first page may
   // not reach it.

@@ -51,22 +51,31 @@ function normalise(token) {
   return token.trim().replace(/^Bearer\s+/i, "");
 }
 
+/**
+ * Whether `value` has a bearer token's form (a JWT: three base64url parts joined by dots).
+ * A message typed into the dialog by mistake must never be kept, and sent, as a token.
+ */
+function looksLikeToken(value) {
+  return /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(value);
+}
+
 /** The modal dialog asking for a token; ask() resolves to the token, or null if cancelled. */
 export class TokenDialog {
-  constructor(dialog, { rejectedText, requiredText }) {
+  constructor(dialog, { rejectedText, requiredText, malformedText }) {
     this.dialog = dialog;
     this.form = dialog.querySelector("form");
     this.input = dialog.querySelector("input");
     this.error = dialog.querySelector(".token-error");
     this.rejectedText = rejectedText;
     this.requiredText = requiredText;
+    this.malformedText = malformedText;
     this.pending = null;
 
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
       const token = normalise(this.input.value);
-      if (!token) {
-        this.showError(this.requiredText);
+      if (!token || !looksLikeToken(token)) {
+        this.showError(token ? this.malformedText : this.requiredText);
         this.input.focus();
         return;
       }
