@@ -100,13 +100,16 @@ USER 10001:10001
 # /tmp is the only writable place and a harmless working directory.
 WORKDIR /tmp
 
-# 8000: HTTP (chat, page, health); 9090: Prometheus /metrics (CHAT_METRICS_PORT).
+# 8000: HTTP (chat, page, health); 9090: Prometheus /metrics and the probes
+# (CHAT_METRICS_PORT).
 EXPOSE 8000 9090
 
-# Liveness for plain Docker and compose (Kubernetes uses the chart's probes instead).
-# Python's urllib, because the slim image has no curl; urlopen raises on any non-2xx.
+# Liveness for plain Docker and compose (Kubernetes uses the chart's probes instead), on
+# the metrics port when there is one: its connections count apart, so clients filling the
+# HTTP port never fail it. Python's urllib, because the slim image has no curl; urlopen
+# raises on any non-2xx.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('CHAT_PORT', '8000'), timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % (os.environ.get('CHAT_METRICS_PORT') or os.environ.get('CHAT_PORT', '8000')), timeout=4)"]
 
 # gunicorn is PID 1: SIGTERM from `docker stop` or the kubelet reaches it directly and
 # starts the graceful drain (exec form, no shell in between).

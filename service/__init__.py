@@ -19,10 +19,13 @@ under load on the 2-core VM the README's benchmark describes):
   request, 3% of a worker.
 - The worker (server.py) overrides uvicorn-worker's private `_serve` to run a uvicorn
   `Server` subclass that starts the drain on SIGTERM, and installs uvicorn's HTTP protocol
-  subclassed (connections.py, from uvicorn's internal `httptools_impl`) for the header
-  timeout, header size and connection bounds uvicorn lacks; its state lives in slots, since
-  five more instance attributes cost every connection 1 KiB (CPython shares instance dict
-  keys only up to 30).
+  subclassed (connections.py, from uvicorn's internal `httptools_impl`) for the head and
+  body deadlines, the keep-alive deadline a trickle cannot move, head size and the
+  connection bounds uvicorn lacks. It switches off the request cycle's `keep_alive` while a
+  body is outstanding, so that uvicorn itself closes a connection whose answer came before
+  its body, and replaces uvicorn's keep-alive timer (which any byte cancels) with its own.
+  Its state lives in slots, since five more instance attributes cost every connection
+  1 KiB (CPython shares instance dict keys only up to 30).
 - Redis (pipelining.py) uses redis-py's connection objects directly, below its pool and
   client: packed commands written together, replies read in order, the stream reader
   inspected for a connection the server closed. One loop turn's commands then cost one

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
+from .config import warnings as config_warnings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,6 +57,8 @@ def _serve() -> int:
         log.critical("invalid configuration; not starting", error=str(exc))
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    for warning in config_warnings(settings):
+        log.warning(warning)
     if not settings.has_key:
         settings = _development_key(settings, log)
     if not settings.redis_url:

@@ -69,7 +69,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.bind(asyncio.get_running_loop())
         store = Store(settings.redis_url, settings.redis_ca_file) if settings.redis_url else None
-        rate_limits, ip_limits, slots = make_limits(settings, store)
+        rate_limits, ip_limits, resume_limits, slots = make_limits(settings, store)
         services = app.state.services = Services(
             settings=settings,
             drain=drain,
@@ -81,6 +81,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
             store=store,
             rate_limits=rate_limits,
             ip_limits=ip_limits,
+            resume_limits=resume_limits,
             slots=slots,
             budgets=make_budgets(settings.token_budget, settings.max_output_tokens, store),
             cache=make_cache(settings.cache_ttl, store),
@@ -96,6 +97,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
                 settings.resume_window,
                 Relay(store, settings.resume_window, settings.resume_max_bytes) if store else None,
                 access_logger(settings.log_level, settings.log_format, "service.generation"),
+                settings.max_readers_per_stream,
             ),
             hooks=Hooks(drain, min(settings.sse_ping_seconds, settings.sse_send_timeout)),
         )
@@ -157,9 +159,14 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+PROBES = frozenset({"/healthz", "/readyz"})
+
+
 class MetricsPortSplit:
-    """With CHAT_METRICS_PORT set, `/metrics` answers on that port only, and nothing else does,
-    so an Ingress routing the main port can never expose it."""
+    """With CHAT_METRICS_PORT set, `/metrics` answers on that port only, so an Ingress
+    routing the main port can never expose it; the probes answer there too (the chart's
+    probes use that port), where client connections never crowd them out. Nothing else
+    answers there."""
 
     def __init__(self, app: ASGIApp, metrics_port: int) -> None:
         self.app = app
@@ -169,7 +176,12 @@ class MetricsPortSplit:
         if scope["type"] == "http":
             server = scope.get("server")
             on_metrics_port = server is not None and server[1] == self.metrics_port
-            if on_metrics_port != (scope["path"] == "/metrics"):
+            path = scope["path"]
+            if on_metrics_port:
+                allowed = path == "/metrics" or path in PROBES
+            else:
+                allowed = path != "/metrics"
+            if not allowed:
                 response = errors.error_response(404, "Not Found")
                 await response(scope, receive, send)
                 return

@@ -42,6 +42,9 @@ from jose import jwk, jws
 from jose.exceptions import JOSEError
 
 from .config import Settings
+from .observability.logging import get_logger
+
+log = get_logger("service.auth")
 
 ALLOWED_HEADER_KEYS = frozenset({"alg", "typ", "kid"})
 # An unknown `kid` refetches the JWKS at most this often (forged kids cost the provider nothing).
@@ -188,11 +191,21 @@ class JwksKeys:
                 self.version += 1
 
     async def _discover(self) -> str:
-        """The provider's JWKS URL, from its discovery document."""
-        response = await self._client.get(f"{self._issuer}/.well-known/openid-configuration")
+        """The provider's JWKS URL, from its discovery document, which must be the issuer's
+        own: it names exactly that issuer (OpenID Connect Discovery §4.3), and an https
+        issuer's keys come over https, never from a URL a network attacker could answer."""
+        issuer = self._issuer or ""
+        address = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
+        response = await self._client.get(address)
         response.raise_for_status()
-        url = response.json()["jwks_uri"]
-        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        document = response.json()
+        if document.get("issuer") != issuer:
+            log.error("OIDC discovery refused: its issuer is not CHAT_OIDC_ISSUER", url=address)
+            raise ValueError("the discovery document names another issuer")
+        url = document["jwks_uri"]
+        schemes = ("https://",) if issuer.startswith("https://") else ("https://", "http://")
+        if not isinstance(url, str) or not url.startswith(schemes):
+            log.error("OIDC discovery refused: its jwks_uri is not https", url=address)
             raise ValueError("the discovery document names no usable jwks_uri")
         return url
 
@@ -277,7 +290,7 @@ class TokenVerifier:
         if iat is not None and (not _is_time(iat) or now + self.leeway < iat):
             raise AuthError("not_yet_valid", "token was issued in the future")
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > 256:
+        if not isinstance(sub, str) or not sub or len(sub) > 256 or not _is_text(sub):
             raise AuthError("no_sub", "token has no valid sub claim")
         if self.audience is not None:
             aud = claims.get("aud")
@@ -322,6 +335,16 @@ def _json_object(raw: bytes, part: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise AuthError("malformed", f"token {part} is not a JSON object")
     return value
+
+
+def _is_text(value: str) -> bool:
+    """Whether `value` is Unicode text: JSON's `\\ud800` escapes decode to lone surrogates,
+    which no UTF-8 encoder (a log line, a Redis key's hash) can write."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_time(value: object) -> TypeGuard[float]:

@@ -59,10 +59,13 @@ class Settings(BaseSettings):
     redis_ca_file: str | None = None
     rate_limit: str = "20/minute"
     ip_rate_limit: str = "60/minute"
+    resume_rate_limit: str = "60/minute"
     header_timeout: float = Field(10.0, gt=0, le=300)
+    body_timeout: float = Field(10.0, gt=0, le=300)
     max_connections: int = Field(4096, ge=1, le=1_000_000)
+    max_connections_per_address: int = Field(256, ge=1, le=1_000_000)
     max_header_bytes: int = Field(65536, ge=8192, le=1_048_576)
-    cache_scope: Literal["global", "user"] = "global"
+    cache_scope: Literal["global", "user"] = "user"
     max_conversations_per_user: int = Field(100, ge=1, le=100_000)
     max_streams_per_user: int = Field(3, ge=1)
     stream_lease_seconds: float = Field(15.0, ge=1, le=300)
@@ -74,6 +77,7 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     resume_window: float = Field(30.0, ge=0, le=3600)
     resume_max_bytes: int = Field(1_048_576, ge=16_384, le=64 * 1_048_576)
+    max_readers_per_stream: int = Field(4, ge=1, le=1000)
     token_budget: str | None = None
     max_output_tokens: int = Field(2048, ge=1, le=1_000_000)
     sse_ping_seconds: float = Field(15.0, gt=0, le=3600)
@@ -129,7 +133,7 @@ class Settings(BaseSettings):
             raise ValueError("mixes HS* with RS*/ES*; allow one algorithm family per deployment")
         return algorithms
 
-    @field_validator("rate_limit", "ip_rate_limit")
+    @field_validator("rate_limit", "ip_rate_limit", "resume_rate_limit")
     @classmethod
     def _rate_syntax(cls, value: str) -> str:
         from limits import parse
@@ -183,7 +187,9 @@ class Settings(BaseSettings):
             raise ValueError(
                 "use the provider's issuer URL, e.g. https://login.example.com/realms/x"
             )
-        return value.rstrip("/") if value and value.count("/") > 2 else value
+        # Kept exactly as written: the discovery document must name this very issuer
+        # (OpenID Connect Discovery §4.3), and some providers' issuers end in a slash.
+        return value
 
 
 def load_settings() -> Settings:
@@ -253,8 +259,12 @@ def _check_keys(settings: Settings) -> None:
 def _with_oidc(settings: Settings) -> Settings:
     """With CHAT_OIDC_ISSUER the page signs people in with that provider, and the service
     verifies its tokens: through the keys its discovery document names, issued by it, for
-    the page's client id (unless CHAT_JWT_AUDIENCE names another audience), RS256 or
-    ES256 unless CHAT_JWT_ALGORITHMS says otherwise."""
+    CHAT_JWT_AUDIENCE, RS256 or ES256 unless CHAT_JWT_ALGORITHMS says otherwise.
+
+    An ID token is not an access token, but it is signed by the same keys and carries the
+    client id as its audience: an API that accepted the client id as its audience would take
+    any ID token the page was ever given. So production needs CHAT_JWT_AUDIENCE naming the
+    API; development defaults to the client id, and `warnings` says so."""
     if settings.oidc_issuer is None:
         if settings.oidc_client_id:
             raise ConfigError("CHAT_OIDC_CLIENT_ID is set without CHAT_OIDC_ISSUER; set both")
@@ -268,6 +278,12 @@ def _with_oidc(settings: Settings) -> Settings:
             "CHAT_OIDC_ISSUER verifies tokens through the provider's keys; unset "
             "CHAT_JWT_SECRET and CHAT_JWT_PUBLIC_KEY"
         )
+    if settings.env == "production" and settings.jwt_audience in (None, settings.oidc_client_id):
+        raise ConfigError(
+            "CHAT_ENV=production with CHAT_OIDC_ISSUER needs CHAT_JWT_AUDIENCE naming this API "
+            "(the audience of the access tokens your provider issues for it), not the client id "
+            "CHAT_OIDC_CLIENT_ID, which every ID token carries as its audience"
+        )
     updates: dict[str, object] = {
         "jwt_issuer": settings.jwt_issuer or settings.oidc_issuer,
         "jwt_audience": settings.jwt_audience or settings.oidc_client_id,
@@ -275,6 +291,18 @@ def _with_oidc(settings: Settings) -> Settings:
     if "jwt_algorithms" not in settings.model_fields_set:
         updates["jwt_algorithms"] = ["RS256", "ES256"]
     return settings.model_copy(update=updates)
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What start-up should warn about in a configuration that works."""
+    found = []
+    if settings.oidc_issuer and settings.jwt_audience == settings.oidc_client_id:
+        found.append(
+            "CHAT_JWT_AUDIENCE is the page's client id, which ID tokens carry as their audience "
+            "too, so an ID token passes as an access token; set CHAT_JWT_AUDIENCE to the "
+            "audience your provider gives access tokens for this API (required in production)"
+        )
+    return found
 
 
 def _check_budget(settings: Settings) -> None:

@@ -11,8 +11,9 @@
     ├── UpstreamFailed       502/503/504 with a stable `code`: the model refused or is away
     └── ClientGone           499, for the access line: the client left before the answer
 
-`install(app)` maps these, FastAPI's validation errors and Starlette's HTTP errors (404,
-405) onto that shape in one place.
+`install(app)` maps these, FastAPI's validation errors, Starlette's HTTP errors (404,
+405) and a client that left mid-body (Starlette's `ClientDisconnect`, as ClientGone) onto
+that shape in one place.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 
 class ServiceError(Exception):
@@ -117,6 +119,12 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, exc.detail, dict(exc.headers or {}))
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+    # The client went away while its body was being read: an ordinary disconnect, logged
+    # with its outcome by the access line, never an unhandled error. Nobody reads this.
+    return error_response(ClientGone.status, "the client closed the request")
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette still re-raises after sending this, and RequestContext logs it once.
     return error_response(500, "internal error")
@@ -127,3 +135,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)

@@ -57,6 +57,10 @@ def new_stream_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+class Crowded(Exception):
+    """A stream has as many readers as it may (CHAT_MAX_READERS_PER_STREAM)."""
+
+
 class Entry:
     """One event of a generation: its number, its name, its bytes on the wire, and where
     those end in the generation's output (for measuring how far behind a reader is)."""
@@ -402,8 +406,10 @@ class Generations:
         window: float = 0.0,
         relay: Relay | None = None,
         line: Any = None,
+        max_readers: int = 4,
     ) -> None:
         self._running: dict[str, Generation] = {}
+        self.max_readers = max_readers
         # The line each generation's end writes: the fast logger the access lines use (a
         # stdlib logging record per stream cost 5% of a worker's throughput).
         self._line = line or log
@@ -437,7 +443,8 @@ class Generations:
 
     async def resume(self, stream_id: str, user: str, after: int) -> Cursor | None:
         """A reader of `user`'s stream from after entry `after`, or None: unknown, ended
-        past its window, not retained from there, or another user's, all alike."""
+        past its window, not retained from there, or another user's, all alike. Crowded
+        when it has `max_readers` already."""
         generation = self._running.get(stream_id)
         if generation is None and self.relay is not None:
             generation = await self.relay.mirror(stream_id, user, after)
@@ -450,6 +457,8 @@ class Generations:
                 return cursor
         if generation is None or generation.user != user or not generation.retains(after):
             return None
+        if generation.readers >= self.max_readers:
+            raise Crowded
         if generation.idle_timer is not None:
             generation.idle_timer.cancel()
             generation.idle_timer = None

@@ -325,20 +325,25 @@ def rate_key(user: str) -> str:
     return f"user:{user_prefix(user)}"
 
 
+def resume_key(user: str) -> str:
+    """The user's resume window: a key of its own, whatever the two rates are."""
+    return f"resume:{user_prefix(user)}"
+
+
 def make_limits(
     settings: Settings, store: Store | None
-) -> tuple[RateLimits, RateLimits, StreamSlots]:
-    """The per-user rate, the per-address rate, and the open-stream slots: in Redis when
-    it is configured, in this worker otherwise."""
-    if store is None:
-        return (
-            RateLimits(settings.rate_limit, MemoryWindows()),
-            RateLimits(settings.ip_rate_limit, MemoryWindows()),
-            MemorySlots(settings.max_streams_per_user),
-        )
-    windows = RedisWindows(store)
+) -> tuple[RateLimits, RateLimits, RateLimits, StreamSlots]:
+    """The per-user rate, the per-address rate, the per-user resume rate, and the
+    open-stream slots: in Redis when it is configured, in this worker otherwise."""
+    windows: Windows = MemoryWindows() if store is None else RedisWindows(store)
+    slots: StreamSlots = (
+        MemorySlots(settings.max_streams_per_user)
+        if store is None
+        else RedisSlots(settings.max_streams_per_user, store, settings.stream_lease_seconds)
+    )
     return (
         RateLimits(settings.rate_limit, windows),
         RateLimits(settings.ip_rate_limit, windows),
-        RedisSlots(settings.max_streams_per_user, store, settings.stream_lease_seconds),
+        RateLimits(settings.resume_rate_limit, windows),
+        slots,
     )

@@ -59,9 +59,16 @@ class Worker(UvicornWorker):  # type: ignore[misc]
 
         # `serve` validated the settings before gunicorn started; the worker reads the same.
         settings = load_settings()
-        allowed = connections.configure(
-            settings.header_timeout, settings.max_header_bytes, settings.max_connections
+        bounds = connections.Bounds.trusting(
+            settings.trusted_proxies,
+            header_timeout=settings.header_timeout,
+            body_timeout=settings.body_timeout,
+            max_header_bytes=settings.max_header_bytes,
+            max_connections=settings.max_connections,
+            max_per_address=settings.max_connections_per_address,
+            metrics_port=settings.metrics_port,
         )
+        allowed = connections.configure(bounds)
         if allowed < settings.max_connections:
             logging.getLogger("service.server").warning(
                 "CHAT_MAX_CONNECTIONS lowered to fit the open-file limit",

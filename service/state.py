@@ -42,6 +42,7 @@ class Services:
     store: Store | None
     rate_limits: RateLimits
     ip_limits: RateLimits
+    resume_limits: RateLimits
     slots: StreamSlots
     budgets: TokenBudgets
     cache: ResponseCache

@@ -8,9 +8,9 @@ import asyncio
 import re
 import time
 
-from .errors import NotFoundError
-from .generation import Cursor
-from .limits import rate_key
+from .errors import NotFoundError, TooManyRequests
+from .generation import Crowded, Cursor
+from .limits import rate_key, resume_key
 from .observability import metrics
 from .shutdown import Drain
 from .sse import EventStream
@@ -60,8 +60,18 @@ class Hooks:
             metrics.stream_events.labels(name).inc(count)
 
 
+# A reader leaves when its client does; there is no better moment to name.
+READERS_RETRY_AFTER = 5
+STREAM_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 LAST_EVENT_ID = re.compile(r"([A-Za-z0-9_-]{22}):([0-9]{1,9})")
 NOT_FOUND = "stream not found"
+
+
+def check_stream_id(value: str) -> None:
+    """404, as for any unknown stream, unless `value` has a stream id's form."""
+    if not STREAM_ID.fullmatch(value):
+        metrics.stream_resumes.labels("not_found").inc()
+        raise NotFoundError(NOT_FOUND)
 
 
 def respond(
@@ -90,7 +100,14 @@ async def resume(
     """The events of `user`'s stream after entry `after`, then the live rest. Spends no rate
     or token budget and takes no stream slot: it starts nothing. 404, the same in every
     case, for a stream unknown, expired, not retained from there, or another user's."""
-    cursor = await services.generations.resume(stream_id, user, after)
+    await _spend_resume_budget(services, user)
+    try:
+        cursor = await services.generations.resume(stream_id, user, after)
+    except Crowded:
+        metrics.rate_limited.labels("readers").inc()
+        raise TooManyRequests(
+            "this stream has as many readers as it may", READERS_RETRY_AFTER
+        ) from None
     if cursor is None:
         metrics.stream_resumes.labels("not_found").inc()
         raise NotFoundError(NOT_FOUND)
@@ -107,6 +124,16 @@ async def resume(
         headers = (await services.rate_limits.peek(rate_key(user))).headers()
     headers["X-Cache"] = cursor.generation.cache_mode
     return respond(services, cursor, record, headers)
+
+
+async def _spend_resume_budget(services: Services, user: str) -> None:
+    """Every resume spends one from the user's CHAT_RESUME_RATE_LIMIT, found or not: each
+    re-reads and re-sends up to CHAT_RESUME_MAX_BYTES."""
+    limits, key = services.resume_limits, resume_key(user)
+    rate = limits.known_refusal(key) or await limits.hit(key)
+    if not rate.allowed:
+        metrics.rate_limited.labels("resume").inc()
+        raise TooManyRequests("too many resumes", rate.reset_seconds, rate.headers("resumes"))
 
 
 async def resume_from_header(

@@ -28,6 +28,9 @@ from typing import Protocol
 from ..backends import Turn
 from ..store import Store
 
+# A conversation id: what a client may name one. No `:` (the key scheme's separator) and
+# nothing a Redis key or a hash tag would read as syntax.
+ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 MAX_TURN_CHARS = 16_000
 TITLE_CHARS = 80
 PAGE_SIZE = 20

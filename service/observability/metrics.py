@@ -77,7 +77,8 @@ backend_streams = Counter(
 backend_errors = Counter("chat_backend_errors", "Backend failures, by kind.", ["kind"])
 connections_refused = Counter(
     "chat_connections_refused",
-    "Connections closed before a request: header_timeout, header_size, max_connections.",
+    "Connections closed by a bound: header_timeout, body_timeout, header_size, "
+    "max_connections, max_connections_per_address.",
     ["reason"],
 )
 tokens = Counter(
@@ -90,7 +91,7 @@ redis_errors = Counter("chat_redis_errors", "Failed Redis operations, by operati
 # dashboard then sees "none yet" as 0 rather than as no data, and a test can tell a count
 # of nothing from a metric that is not there.
 KNOWN_LABELS: dict[Counter | Histogram, tuple[str, ...]] = {
-    rate_limited: ("rate", "streams", "ip", "tokens"),
+    rate_limited: ("rate", "streams", "ip", "tokens", "resume", "readers"),
     tokens: ("prompt", "completion"),
     cache_requests: ("hit", "miss"),
     auth_failures: (
@@ -130,7 +131,13 @@ KNOWN_LABELS: dict[Counter | Histogram, tuple[str, ...]] = {
     stream_events: ("start", "thinking", "content", "done", "error"),
     stream_resumes: ("resumed", "not_found"),
     stream_duration: ("done", "disconnected", "error", "shutdown"),
-    connections_refused: ("header_timeout", "header_size", "max_connections"),
+    connections_refused: (
+        "header_timeout",
+        "body_timeout",
+        "header_size",
+        "max_connections",
+        "max_connections_per_address",
+    ),
 }
 for _metric, _values in KNOWN_LABELS.items():
     for _value in _values:

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from starlette.types import Message, Receive, Scope, Send
 
-from ..errors import error_response
+from ..errors import ClientGone, error_response
 from ..state import RequestRecord
 from . import metrics
 from .logging import access_logger
@@ -95,6 +95,8 @@ class RequestContext:
             "duration_ms": round(duration * 1000, 2),
         }
         stream = record.stream
+        if status == ClientGone.status:
+            fields["outcome"] = "disconnected"  # gone before the answer began
         if stream is not None:
             ttft = stream.first_content_at
             fields.update(

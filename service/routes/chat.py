@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.convertors import StringConvertor, register_url_convertor
 
 from .. import replies
 from ..admission import Admission
+from ..conversations import ID_PATTERN
 from ..deps import AppServices, CurrentUser
 from ..errors import InvalidInput, UnsupportedMediaType
 from ..sse import EventStream
@@ -23,15 +23,6 @@ from ..streaming import respond, resume_from_header
 
 router = APIRouter(tags=["chat"])
 
-
-class TextConvertor(StringConvertor):
-    """Like Starlette's `path`, but `.` matches line breaks too, so `/chat/a%0Ab` reaches the
-    route with its newline instead of a 404 (Starlette decodes the path before matching)."""
-
-    regex = "(?s:.*)"
-
-
-register_url_convertor("text", TextConvertor())
 
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
@@ -51,7 +42,7 @@ class ChatBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     message: str
-    conversation_id: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    conversation_id: str | None = Field(None, pattern=ID_PATTERN)
 
 
 @router.get(

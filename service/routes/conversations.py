@@ -6,13 +6,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
 
-from ..conversations import HistoryUnavailable, NotFound
+from ..conversations import ID_PATTERN, HistoryUnavailable, NotFound
 from ..deps import AppServices, CurrentUser
 from ..errors import NotFoundError, Unavailable
 
 router = APIRouter(tags=["conversations"])
 
-ConversationId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+ConversationId = Annotated[str, Path(pattern=ID_PATTERN)]
 UNAVAILABLE = "conversation history is unavailable; try again shortly"
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},

@@ -14,7 +14,10 @@ from ..state import record_of
 
 router = APIRouter(tags=["streams"])
 
-StreamId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# Anything under /chat/streams/ lands here, slashes included (`a%2Fb` is decoded before
+# routing): an id that is not a stream id is a 404 like any unknown one, never a new chat
+# about `streams/...` on the route below.
+StreamId = Annotated[str, Path()]
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid bearer token"},
     404: {"description": "No such stream for this user (unknown, expired, or not retained)"},
@@ -22,7 +25,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get(
-    "/chat/streams/{stream_id}",
+    "/chat/streams/{stream_id:text}",
     status_code=200,
     response_class=EventStream,
     responses={
@@ -41,6 +44,7 @@ async def resume_stream(
     last_event_id: Annotated[str | None, Query(max_length=200)] = None,
 ) -> EventStream:
     """Resume a stream after `Last-Event-ID` (header, or `?last_event_id=`)."""
+    streaming.check_stream_id(stream_id)
     value = request.headers.get("last-event-id") or last_event_id
     after = 0
     if value:
@@ -52,8 +56,9 @@ async def resume_stream(
     return await streaming.resume(services, record, user.sub, stream_id, after)
 
 
-@router.delete("/chat/streams/{stream_id}", status_code=204, responses=RESPONSES)
+@router.delete("/chat/streams/{stream_id:text}", status_code=204, responses=RESPONSES)
 async def stop_stream(user: CurrentUser, services: AppServices, stream_id: StreamId) -> Response:
     """Stop the stream's generation, wherever it runs."""
+    streaming.check_stream_id(stream_id)
     await streaming.stop(services, user.sub, stream_id)
     return Response(status_code=204)

@@ -107,8 +107,10 @@ def test_app_probes_ports_and_metrics_port(values: str) -> None:
     assert env["CHAT_PORT"] == str(ports["http"])
     assert env["CHAT_METRICS_PORT"] == str(ports["metrics"])
     assert container["command"] + container["args"] == ["chat-service", "serve"]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # On the metrics port, which client connections to the HTTP port never crowd out.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"]["port"] == "metrics"
     assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
 
 
@@ -291,6 +293,21 @@ BAD_VALUES = [
     (("--set", "redis.external.mode=replicated"), "/redis/external/mode"),
     (("--set", "auth.mode=oidc"), "auth.mode oidc needs auth.oidc.issuer and auth.oidc.clientId"),
     (("--set", "auth.oidc.issuer=login.example.com"), "/auth/oidc/issuer"),
+    (
+        (
+            "--set",
+            "auth.mode=oidc,auth.oidc.issuer=https://login.example.com,auth.oidc.clientId=page",
+        ),
+        "auth.mode oidc in production needs auth.audience",
+    ),
+    (
+        (
+            "--set",
+            "auth.mode=oidc,auth.oidc.issuer=https://login.example.com,auth.oidc.clientId=page,"
+            "auth.audience=page",
+        ),
+        "auth.mode oidc in production needs auth.audience",
+    ),
     (("--set", "secrets.redisUrl=memcached://x:1"), "/secrets/redisUrl"),
     (
         (

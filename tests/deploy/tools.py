@@ -104,7 +104,7 @@ VALUE_SETS: dict[str, tuple[str, ...]] = {
     "oidc": (
         "--set",
         "auth.mode=oidc,auth.oidc.issuer=https://login.example.com/realms/staff,"
-        "auth.oidc.clientId=chat-page",
+        "auth.oidc.clientId=chat-page,auth.audience=https://chat.example.com/api",
     ),
     "tls": (
         "--set",

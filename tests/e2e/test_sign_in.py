@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.support.demo_text import demo_reply
-from tests.support.oidc import PAGE_CLIENT, OidcProvider, running_oidc_provider
+from tests.support.oidc import API_AUDIENCE, PAGE_CLIENT, OidcProvider, running_oidc_provider
 from tests.support.service import Service, free_port, running_service
 from tests.support.tokens import bearer
 
@@ -27,6 +27,7 @@ def signed(request: pytest.FixtureRequest) -> Iterator[tuple[OidcProvider, Servi
         env = {
             "CHAT_OIDC_ISSUER": provider.issuer,
             "CHAT_OIDC_CLIENT_ID": PAGE_CLIENT,
+            "CHAT_JWT_AUDIENCE": API_AUDIENCE,
             "CHAT_OIDC_SCOPES": "openid profile offline_access",
             "CHAT_JWT_SECRET": "",
             "CHAT_DEMO_DELAY_SCALE": "0",

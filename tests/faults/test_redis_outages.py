@@ -75,6 +75,8 @@ def test_a_worker_at_full_cpu_still_enforces_the_rate_limit_and_the_stream_cap(
         "CHAT_MAX_STREAMS_PER_USER": "2",
         # Pauses hold the capped user's streams open; cached replays have none.
         "CHAT_DEMO_DELAY_SCALE": "0.05",
+        # The load's many users replay the one warm reply.
+        "CHAT_CACHE_SCOPE": "global",
     }
     with running_service(env, workers=1) as svc:
         warm = _chat(svc, f"/chat/{LOAD_MESSAGE}", make_token(sub="warm"))

@@ -44,6 +44,26 @@ def test_failed_authentications_are_limited_per_address_and_good_tokens_still_pa
         assert metric(svc.url, "chat_rate_limited_total", '{limit="ip"}') == 3
 
 
+def test_a_malformed_authorization_header_spends_the_address_budget() -> None:
+    """A header that is no bearer token at all is a failed authentication like a bad token:
+    nothing else stops a client from sending them without end."""
+    malformed = ["Basic YWxpY2U6c2VjcmV0", "Bearer", "Token abc", "Bearer:abc", "Basic"]
+    assert len(malformed) == LIMIT
+    with (
+        running_service({"CHAT_IP_RATE_LIMIT": f"{LIMIT}/minute"}, workers=1) as svc,
+        httpx.Client(base_url=svc.url) as http,
+    ):
+        statuses = [
+            http.get("/chat/hi", headers={"Authorization": value}).status_code
+            for value in malformed
+        ]
+        refused = http.get("/chat/hi", headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
+        # Each is counted, the refused one too; then each spends from the address.
+        assert metric(svc.url, "chat_auth_failures_total", '{reason="malformed"}') == LIMIT + 1
+    assert statuses == [401] * LIMIT
+    assert refused.status_code == 429
+
+
 def test_the_plain_text_stream_spends_the_same_budget_and_the_page_does_not() -> None:
     with (
         running_service({"CHAT_IP_RATE_LIMIT": f"{LIMIT}/minute"}, workers=1) as svc,

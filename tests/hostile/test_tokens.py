@@ -134,7 +134,13 @@ SHAPES: dict[str, str] = {
     "claims: sub a list": _signed(_claims(sub=["mallory"])),
     "claims: sub too long": _signed(_claims(sub="m" * 300)),
     "claims: no sub": _signed(_json({"exp": int(time.time()) + LIFETIME})),
+    # JSON's escapes decode to lone surrogates, which no UTF-8 encoder can write: before, a
+    # 500 from the Redis key's hash and the access line (which was lost).
+    "claims: sub a lone surrogate": _signed(b'{"sub":"\\ud800","exp":' + EXP + b"}"),
+    "claims: sub with a lone low surrogate": _signed(b'{"sub":"a\\udfffb","exp":' + EXP + b"}"),
 }
+
+LONE_SURROGATE = SHAPES["claims: sub a lone surrogate"]
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +176,26 @@ def test_each_malformed_token_is_a_401(hostile_service: Service, token: str) -> 
             assert response.headers["www-authenticate"].startswith("Bearer")
             assert response.headers["content-type"] == "application/json"
             assert isinstance(response.json()["detail"], str)
+
+
+def test_a_lone_surrogate_sub_is_a_401_on_every_route_and_logged(hostile_service: Service) -> None:
+    headers = {"Authorization": f"Bearer {LONE_SURROGATE}"}
+    requests = (
+        ("GET", "/conversations", None),
+        ("GET", "/usage", None),
+        ("POST", "/chat", {"message": "hi", "conversation_id": "mine"}),
+    )
+    with httpx.Client(base_url=hostile_service.url) as http:
+        for method, path, body in requests:
+            response = http.request(method, path, json=body, headers=headers)
+            assert response.status_code == 401, (method, path, response.text)
+            assert "sub" in response.json()["detail"]
+    for method, path, _ in requests:
+        hostile_service.wait_for_records(
+            lambda r, m=method, p=path: (
+                r.get("method") == m and r.get("route") == p and r.get("status") == 401
+            )
+        )
 
 
 def test_refusals_are_counted_and_nothing_leaks_to_the_log(hostile_service: Service) -> None:

@@ -11,7 +11,7 @@ from tests.support.metrics import metric
 from tests.support.redis import RedisServer
 from tests.support.service import Service, running_service
 from tests.support.sse import stream_chat
-from tests.support.tokens import bearer
+from tests.support.tokens import bearer, make_token
 
 TTL = 1
 
@@ -50,3 +50,22 @@ def test_a_ttl_of_zero_turns_the_cache_off(store: RedisServer | None) -> None:
         assert metric(svc.url, "chat_backend_streams_total", '{backend="demo"}') == 3
     if store is not None:
         assert store.keys("chat:cache:*") == []
+
+
+def test_by_default_a_cached_reply_is_only_replayed_to_its_own_user(
+    store: RedisServer | None,
+) -> None:
+    """CHAT_CACHE_SCOPE defaults to `user`. Before, it was `global`: `X-Cache: HIT` told any
+    user that someone else had asked exactly this within the TTL, and a reply written for
+    one user's context was served to another. `global` stays for those who want it."""
+
+    def x_cache(svc: Service, user: str) -> str:
+        with httpx.Client(base_url=svc.url, timeout=30) as http:
+            stream = stream_chat(http, "GET", "/chat/shared", headers=bearer(make_token(sub=user)))
+        return stream.headers["x-cache"]
+
+    with running_service(_env(store, 60), workers=1) as svc:
+        assert [x_cache(svc, u) for u in ("ann", "bob", "ann")] == ["MISS", "MISS", "HIT"]
+    env = {**_env(store, 60), "CHAT_CACHE_SCOPE": "global"}
+    with running_service(env, workers=1) as svc:
+        assert [x_cache(svc, u) for u in ("cat", "dan")] == ["MISS", "HIT"]

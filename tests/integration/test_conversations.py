@@ -55,6 +55,35 @@ def test_a_conversation_deleted_during_a_reply_stays_deleted(store: RedisServer 
     assert listed["conversations"] == []
 
 
+def test_a_conversation_deleted_and_made_anew_during_a_reply_keeps_only_the_new_turn(
+    store: RedisServer | None,
+) -> None:
+    """Delete a conversation while a reply on it streams, make it anew under the same id
+    (a new epoch), and let the old reply end: its turn must not land in the new one."""
+    env = _env(store, CHAT_DEMO_DELAY_SCALE="0.5", CHAT_CACHE_TTL="0")
+    token = make_token(sub="remaker")
+    with running_service(env, workers=_workers(store)) as svc:
+        assert _post(svc, token, "first", "again").names[-1] == "done"
+        with httpx.Client(base_url=svc.url, timeout=30) as http:
+            body = {"message": "old", "conversation_id": "again"}
+            with http.stream("POST", "/chat", json=body, headers=bearer(token)) as response:
+                chunks = response.iter_raw()
+                started = read_stream(response, time.monotonic(), limit=2, chunks=chunks)
+                assert started.names == ["start", "thinking"]
+                deleted = http.delete("/conversations/again", headers=bearer(token))
+                made = http.post(
+                    "/chat",
+                    json={"message": "new", "conversation_id": "again"},
+                    headers={**bearer(token), "Cache-Control": "no-cache"},
+                )
+                rest = read_stream(response, time.monotonic(), chunks=chunks)
+            history = http.get("/conversations/again", headers=bearer(token)).json()
+    assert deleted.status_code == 204
+    assert made.status_code == 200 and "event: done" in made.text
+    assert rest.names[-1] == "done"  # the old reply itself was whole
+    assert [m["content"] for m in history["messages"] if m["role"] == "user"] == ["new"]
+
+
 def test_a_turn_that_cannot_be_stored_ends_in_an_error_not_done() -> None:
     with running_redis() as redis:
         env = {"CHAT_REDIS_URL": redis.url, "CHAT_DEMO_DELAY_SCALE": "0.5"}

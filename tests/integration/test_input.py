@@ -7,6 +7,7 @@ import socket
 import httpx
 import pytest
 
+from tests.support.metrics import metric
 from tests.support.service import Service
 from tests.support.tokens import bearer
 
@@ -28,6 +29,8 @@ def _detail(response: httpx.Response) -> object:
         [],
         "just a string",
         {"message": "ok", "conversation_id": "has spaces and / slashes"},
+        # `:` is the key scheme's separator: `x` then `x:turns` once met in Redis.
+        {"message": "ok", "conversation_id": "x:turns"},
     ],
     ids=[
         "empty",
@@ -39,6 +42,7 @@ def _detail(response: httpx.Response) -> object:
         "list",
         "string",
         "bad-id",
+        "colon-id",
     ],
 )
 def test_bad_messages_get_422(client: httpx.Client, body: object) -> None:
@@ -46,6 +50,30 @@ def test_bad_messages_get_422(client: httpx.Client, body: object) -> None:
 
     assert response.status_code == 422
     assert _detail(response)
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_a_conversation_id_with_a_colon_gets_422(client: httpx.Client, method: str) -> None:
+    """Before, `GET /conversations/x:turns` answered 200 for a conversation never made (it
+    read another conversation's turns key)."""
+    response = client.request(method, "/conversations/x:turns", headers=bearer())
+
+    assert response.status_code == 422
+    assert _detail(response)
+
+
+@pytest.mark.parametrize("path", ["/chat/streams/a%2Fb", "/chat/streams/a/b", "/chat/streams/"])
+def test_what_is_not_a_stream_id_under_streams_is_a_404_not_a_chat(
+    service: Service, client: httpx.Client, path: str
+) -> None:
+    """Before, `/chat/streams/a%2Fb` (decoded before routing) fell through to
+    `/chat/{message}`: a new chat about `streams/a/b`, its budget spent."""
+    before = metric(service.url, "chat_backend_streams_total", '{backend="demo"}')
+    for method in ("GET", "DELETE"):
+        response = client.request(method, path, headers=bearer())
+        assert response.status_code == 404
+        assert _detail(response) == "stream not found"
+    assert metric(service.url, "chat_backend_streams_total", '{backend="demo"}') == before
 
 
 def test_invalid_json_gets_422(client: httpx.Client) -> None:

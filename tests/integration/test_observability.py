@@ -106,7 +106,10 @@ def test_metrics_port_serves_metrics_only_and_the_main_port_hides_them() -> None
         scraped = httpx.get(f"{metrics_url}/metrics")
         assert scraped.status_code == 200
         assert "chat_build_info" in scraped.text
-        assert httpx.get(f"{metrics_url}/healthz").status_code == 404
+        # The probes answer there too (the contract: client connections never crowd them
+        # out there), and nothing else does.
+        assert httpx.get(f"{metrics_url}/healthz").status_code == 200
+        assert httpx.get(f"{metrics_url}/readyz").status_code == 200
         assert httpx.get(f"{metrics_url}/chat/hi", headers=bearer()).status_code == 404
 
 

@@ -102,6 +102,35 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
             "unset CHAT_JWT_SECRET",
         ),
         ({"CHAT_ENV": "development", "CHAT_OIDC_ISSUER": "login.example.com"}, "CHAT_OIDC_ISSUER"),
+        # An ID token names the client id as its audience: an API that accepted that
+        # audience took every ID token the page was given as an access token.
+        (
+            {
+                "CHAT_JWT_SECRET": "",
+                "CHAT_OIDC_ISSUER": "https://login.example.com",
+                "CHAT_OIDC_CLIENT_ID": "chat-page",
+            },
+            "CHAT_JWT_AUDIENCE",
+        ),
+        (
+            {
+                "CHAT_JWT_SECRET": "",
+                "CHAT_OIDC_ISSUER": "https://login.example.com",
+                "CHAT_OIDC_CLIENT_ID": "chat-page",
+                "CHAT_JWT_AUDIENCE": "chat-page",
+            },
+            "CHAT_JWT_AUDIENCE",
+        ),
+        ({"CHAT_ENV": "development", "CHAT_BODY_TIMEOUT": "0"}, "CHAT_BODY_TIMEOUT"),
+        (
+            {"CHAT_ENV": "development", "CHAT_MAX_CONNECTIONS_PER_ADDRESS": "0"},
+            "CHAT_MAX_CONNECTIONS_PER_ADDRESS",
+        ),
+        ({"CHAT_ENV": "development", "CHAT_RESUME_RATE_LIMIT": "lots"}, "CHAT_RESUME_RATE_LIMIT"),
+        (
+            {"CHAT_ENV": "development", "CHAT_MAX_READERS_PER_STREAM": "0"},
+            "CHAT_MAX_READERS_PER_STREAM",
+        ),
     ],
     ids=[
         "missing-key",
@@ -129,6 +158,12 @@ def _serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         "oidc-client-without-issuer",
         "oidc-beside-a-secret",
         "oidc-issuer-not-a-url",
+        "oidc-production-without-audience",
+        "oidc-production-audience-is-the-client-id",
+        "body-timeout-zero",
+        "connections-per-address-zero",
+        "resume-rate-syntax",
+        "readers-zero",
     ],
 )
 def test_production_refuses_to_start(env: dict[str, str], names: str) -> None:
@@ -229,3 +264,17 @@ def test_both_a_secret_and_its_file_is_refused(tmp_path) -> None:  # type: ignor
     result = _serve({"CHAT_JWT_SECRET": "t" * 40, "CHAT_JWT_SECRET_FILE": str(secret_file)})
     assert result.returncode == 2
     assert "CHAT_JWT_SECRET_FILE" in result.stdout
+
+
+def test_development_with_a_provider_and_no_audience_warns_that_id_tokens_pass() -> None:
+    env = {
+        "CHAT_ENV": "development",
+        "CHAT_JWT_SECRET": "",
+        # Nothing listens here: start-up does not fetch the keys, the first token does.
+        "CHAT_OIDC_ISSUER": f"http://127.0.0.1:{free_port()}",
+        "CHAT_OIDC_CLIENT_ID": "chat-page",
+    }
+    with running_service(env, workers=1) as svc:
+        svc.wait_for_records(
+            lambda r: r.get("level") == "warning" and "ID tokens" in str(r.get("event"))
+        )

@@ -5,8 +5,10 @@
 //
 // Clients: `chat-page` (public, PKCE, code + refresh_token; the page's) and `other-app` (the
 // same, for another application: its tokens must be refused by the service). Access
-// tokens are JWTs (RS256) whose audience is the client id, so the service can verify them
-// through the provider's JWKS. Any login name signs in as that user, with any password.
+// tokens are JWTs (RS256) for a resource (RFC 8707): the page's are for the API,
+// `urn:chat-service`, their audience; the other app's for `urn:other-app`. ID tokens carry
+// the client id as their audience, as OpenID Connect says, so an API that checks its own
+// audience never takes one. The service verifies tokens through the provider's JWKS. Any login name signs in as that user, with any password.
 // ACCESS_TOKEN_TTL (seconds, default 3600) lets a test make tokens expire soon.
 // Prints `READY <issuer>` once it listens.
 
@@ -37,11 +39,12 @@ const provider = new Provider(issuer, {
     rpInitiatedLogout: { enabled: true },
     resourceIndicators: {
       enabled: true,
-      defaultResource: () => "urn:chat-service",
+      defaultResource: (ctx, oidcClient) =>
+        oidcClient.clientId === "chat-page" ? "urn:chat-service" : `urn:${oidcClient.clientId}`,
       useGrantedResource: () => true,
-      getResourceServerInfo: (ctx, resource, oidcClient) => ({
+      getResourceServerInfo: (ctx, resource) => ({
         scope: "openid profile",
-        audience: oidcClient.clientId,
+        audience: resource,
         accessTokenFormat: "jwt",
         accessTokenTTL: accessTokenTtl,
         jwt: { sign: { alg: "RS256" } },

@@ -24,6 +24,8 @@ from .service import REPO, free_port
 PEERS = REPO / "tests" / "peers"
 PAGE_CLIENT = "chat-page"
 OTHER_CLIENT = "other-app"
+# The API's audience: the resource the page's access tokens are issued for (RFC 8707).
+API_AUDIENCE = "urn:chat-service"
 
 
 @dataclass

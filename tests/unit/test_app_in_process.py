@@ -58,7 +58,8 @@ def test_a_miss_is_stored_then_replayed_and_the_generation_is_forgotten() -> Non
         )
         return miss, stored, hit, bypass, services.generations.all()
 
-    miss, stored, hit, bypass, left = run(scenario, resume_window=0)
+    # The key below is the shared one (CHAT_CACHE_SCOPE=global; the default is per user).
+    miss, stored, hit, bypass, left = run(scenario, resume_window=0, cache_scope="global")
     assert [r.headers["x-cache"] for r in (miss, hit, bypass)] == ["MISS", "HIT", "MISS"]
     assert stored is not None and stored[-1].name == "done"
     # The same events; each stream has ids of its own, and the replay used no tokens.
@@ -81,7 +82,7 @@ def test_with_a_conversation_the_cache_is_off() -> None:
         stored = await services.cache.get(cache_key("demo", "demo", "private"))
         return response, stored
 
-    response, stored = run(scenario)
+    response, stored = run(scenario, cache_scope="global")
     assert response.headers["x-cache"] == "MISS"
     assert events(response)[-1][1] == "done"
     assert stored is None

@@ -126,6 +126,9 @@ Refuse combinations the schema cannot express, with a message that says what to 
 {{- if and (eq .Values.auth.mode "oidc") (or (not .Values.auth.oidc.issuer) (not .Values.auth.oidc.clientId)) }}
 {{- fail "auth.mode oidc needs auth.oidc.issuer and auth.oidc.clientId" }}
 {{- end }}
+{{- if and (eq .Values.auth.mode "oidc") (eq .Values.config.env "production") (or (not .Values.auth.audience) (eq .Values.auth.audience .Values.auth.oidc.clientId)) }}
+{{- fail "auth.mode oidc in production needs auth.audience: the audience of the access tokens the provider issues for this API, not auth.oidc.clientId (every ID token's audience)" }}
+{{- end }}
 {{- if and (eq .Values.auth.mode "jwks") (not .Values.auth.jwksUrl) }}
 {{- fail "auth.mode jwks needs auth.jwksUrl" }}
 {{- end }}
@@ -168,8 +171,16 @@ checks.
   value: {{ .Values.config.ipRateLimit | quote }}
 - name: CHAT_HEADER_TIMEOUT
   value: {{ .Values.config.headerTimeout | quote }}
+- name: CHAT_BODY_TIMEOUT
+  value: {{ .Values.config.bodyTimeout | quote }}
 - name: CHAT_MAX_CONNECTIONS
   value: {{ .Values.config.maxConnections | quote }}
+- name: CHAT_MAX_CONNECTIONS_PER_ADDRESS
+  value: {{ .Values.config.maxConnectionsPerAddress | quote }}
+- name: CHAT_RESUME_RATE_LIMIT
+  value: {{ .Values.config.resumeRateLimit | quote }}
+- name: CHAT_MAX_READERS_PER_STREAM
+  value: {{ .Values.config.maxReadersPerStream | quote }}
 - name: CHAT_MAX_CONVERSATIONS_PER_USER
   value: {{ .Values.config.maxConversationsPerUser | quote }}
 - name: CHAT_CACHE_TTL
