@@ -1,10 +1,35 @@
 """chat-service: streams AI chat replies over Server-Sent Events.
 
+One `POST /chat`, from the socket to the first byte (Redis on, no conversation); each
+step is the module named, and the arrows are the hops a newcomer follows:
+
+    connections.py          the socket: head and body deadlines, connection bounds
+    observability/middleware.py   request id, Server-Timing; the access line at the end
+    body_limit.py           413 past CHAT_MAX_BODY_BYTES (cors.py too, with origins set)
+ -> routes/chat.py          the body, parsed and checked (422)
+ -> deps.py -> auth.py      the bearer token verified: the user (401)
+ -> chat.py                 Chat.respond: the request's way through the rest
+ -> admission/              every gate takes at once, one Redis round trip
+                            (redis/store.py, redis/pipeline.py): rate.py, slots.py,
+                            budget.py (with a budget), ticket.py (the cache); 429
+ -> cache/__init__.py       the source: the stored reply, an identical request's, or
+                            backends/ (demo.py, openai.py)
+ -> generations.py, generation.py   a task runs the source; each event encoded once
+                            (events.py) into the log (log.py)
+ -> response.py            EventStream: the first byte; then every entry of the log
+                            as it comes, pinged while idle
+
+The end, in one place: when the generation ends, chat.ChatFinisher hands back what
+admission took, in reverse order (the cache ticket stores a reply that ended by itself,
+the budget settles to what was used, the slot is released); redis/relay.py publishes the
+log for any worker to resume from, through generations.Elsewhere (its twin without Redis,
+`Local`, does nothing).
+
 Deliberate deviations from how the libraries underneath are meant to be used, each kept
 because it was measured to matter (figures from `python -m bench` and profiles of a worker
 under load on the 2-core VM the README's benchmark describes):
 
-- `raw_send` (observability/middleware.py, sse.py): event streams write body chunks to
+- `raw_send` (observability/middleware.py, response.py): event streams write body chunks to
   uvicorn's own `send`, past the four pass-through wrappers of the middleware stack (which
   only ever look at `http.response.start`). Per event the service then costs less worker
   CPU than a Starlette `StreamingResponse` (7.4 against 8.6 µs).
@@ -26,12 +51,13 @@ under load on the 2-core VM the README's benchmark describes):
   its body, and replaces uvicorn's keep-alive timer (which any byte cancels) with its own.
   Its state lives in slots, since five more instance attributes cost every connection
   1 KiB (CPython shares instance dict keys only up to 30).
-- Redis (pipelining.py) uses redis-py's connection objects directly, below its pool and
+- Redis (redis/pipeline.py) uses redis-py's connection objects directly, below its pool and
   client: packed commands written together, replies read in order, the stream reader
   inspected for a connection the server closed. One loop turn's commands then cost one
   round trip: worker CPU per stream at concurrency 1 went from 1,591 to 1,129 µs. `limits`'
-  Redis storage is subclassed (limits.py) so its increment and expiry ride those batches.
-- `EventStream` (sse.py) is a Starlette `Response` that sets its headers itself and runs
+  Redis storage is subclassed (admission/rate.py) so its increment and expiry ride those
+  batches.
+- `EventStream` (response.py) is a Starlette `Response` that sets its headers itself and runs
   its own ASGI call, as a pure ASGI response, rather than a `StreamingResponse` with a task
   group per stream.
 """

@@ -1,12 +1,11 @@
 """The application: `create_app(settings)` builds one app per worker process.
 
-Request path, outermost first: RequestContext (request id, access line, metrics) -> FastAPI
-(its error middleware, then CORS -> BodyLimit -> router) -> `deps.current_user` -> route ->
-backend -> `sse.EventStream`.
+The request path is written out in `service/__init__.py`. The parts a worker's requests
+share are made in the lifespan (services.py), once per worker.
 
 RequestContext wraps the FastAPI app from outside rather than through `add_middleware`, so
 it sees uvicorn's own `send`: event streams write their body chunks straight to it instead
-of through four pass-through wrappers per event (see `sse.EventStream`).
+of through four pass-through wrappers per event (see `response.EventStream`).
 """
 
 from __future__ import annotations
@@ -22,25 +21,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__, errors
-from .auth import TokenVerifier
-from .backends import make_backend
 from .body_limit import BodyLimit
-from .budgets import make_budgets
-from .cache import make_cache
 from .config import Settings, load_settings
-from .conversations import make_conversations
 from .cors import CORS
-from .generation import Generations
-from .limits import make_limits
 from .observability.logging import access_logger, get_logger
-from .observability.metrics import SharedCollection
 from .observability.middleware import RequestContext
-from .relay import Relay
+from .page import STATIC_DIR
 from .routes import chat, conversations, health, metrics, pages, signin, streams, usage
+from .services import build
 from .shutdown import Drain
-from .state import Services
-from .store import Store
-from .streaming import Hooks
 
 log = get_logger("service.app")
 
@@ -61,47 +50,11 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         log.warning("no signing key configured; using a random per-process development key")
 
     drain = Drain(settings.graceful_timeout)
-    page = pages.load_page()
-    page_headers = pages.page_headers(settings.oidc_issuer)
-    collection = SharedCollection()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         drain.bind(asyncio.get_running_loop())
-        store = Store(settings.redis_url, settings.redis_ca_file) if settings.redis_url else None
-        rate_limits, ip_limits, resume_limits, slots = make_limits(settings, store)
-        services = app.state.services = Services(
-            settings=settings,
-            drain=drain,
-            page=page,
-            page_headers=page_headers,
-            metrics=collection,
-            verifier=TokenVerifier(settings),
-            backend=make_backend(settings),
-            store=store,
-            rate_limits=rate_limits,
-            ip_limits=ip_limits,
-            resume_limits=resume_limits,
-            slots=slots,
-            budgets=make_budgets(settings.token_budget, settings.max_output_tokens, store),
-            cache=make_cache(settings.cache_ttl, store),
-            conversations=make_conversations(
-                store,
-                settings.history_turns,
-                settings.history_ttl,
-                settings.max_conversations_per_user,
-            ),
-            generations=Generations(
-                drain,
-                settings.resume_max_bytes,
-                settings.resume_window,
-                Relay(store, settings.resume_window, settings.resume_max_bytes) if store else None,
-                access_logger(settings.log_level, settings.log_format, "service.generation"),
-                settings.max_readers_per_stream,
-            ),
-            hooks=Hooks(drain, min(settings.sse_ping_seconds, settings.sse_send_timeout)),
-        )
-        drain.generations = services.generations
+        services = app.state.services = build(settings, drain)
         # What exists now (modules, the app, its routes and resources) lives as long as the
         # worker: move it out of the collector's sight, so that full collections, which
         # otherwise walk all of it a few times a second under load, see only requests'
@@ -111,21 +64,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            # Detached generations have no connection for uvicorn to wait for: they get the
-            # rest of the graceful period here (with Redis their clients may be reading
-            # them from another pod), then the drain ends them with `shutdown`.
-            if drain.draining:
-                await drain.until_over(services.generations.wait_ended())
-            drain.unbind()
-            await services.generations.aclose()
-            await services.hooks.aclose()
-            await services.slots.aclose()
-            await services.budgets.aclose()
-            await services.cache.aclose()
-            await services.backend.aclose()
-            await services.verifier.aclose()
-            if store is not None:
-                await store.aclose()
+            await services.aclose()
 
     app = FastAPI(
         title="chat-service",
@@ -149,11 +88,12 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
-    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR, check_dir=False), name="static")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     errors.install(app)
     # Added innermost first: the last one added wraps all the others.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.add_middleware(CORS, origins=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(CORS, origins=settings.cors_origins)
     if settings.metrics_port:
         app.add_middleware(MetricsPortSplit, metrics_port=settings.metrics_port)
     return app

@@ -37,7 +37,8 @@ from limits import parse
 
 from .observability import metrics
 from .observability.logging import get_logger
-from .store import Script, Store, user_prefix
+from .redis import keys
+from .redis.store import Script, Store
 from .tokens import Usage
 
 log = get_logger("service.budgets")
@@ -212,7 +213,7 @@ class RedisLedger:
 
     @staticmethod
     def _key(user: str) -> str:
-        return f"{user_prefix(user)}:tokens"
+        return keys.token_budget(user)
 
     async def reserve(
         self, user: str, limit: int, window_ms: int, tokens: int, rid: str, held: int
@@ -282,11 +283,13 @@ class TokenBudgets:
             return min(SETTLING_RETRY_AFTER, max(1, standing.reset_seconds))
         return max(1, standing.reset_seconds)
 
-    def add_headers(self, headers: dict[str, str], standing: Standing) -> None:
-        """The `"tokens"` policy beside the `"requests"` one in the IETF fields."""
+    def headers(self, standing: Standing) -> list[tuple[str, str]]:
+        """The `"tokens"` policy, for the IETF fields beside the `"requests"` one."""
         window, remaining, reset = self.window_seconds, standing.remaining, standing.reset_seconds
-        headers["RateLimit-Policy"] += f', "tokens";q={self.limit};w={window}'
-        headers["RateLimit"] += f', "tokens";r={remaining};t={reset}'
+        return [
+            ("RateLimit-Policy", f'"tokens";q={self.limit};w={window}'),
+            ("RateLimit", f'"tokens";r={remaining};t={reset}'),
+        ]
 
     def settle(
         self, reservation: Reservation | None, usage: Usage, count: bool = True

@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value:
-            from .redis_modes import parse_url
+            from .redis.urls import parse_url
 
             parse_url(value)  # its ValueError says what is wrong, never the password
         return value or None

@@ -1,22 +1,34 @@
 """FastAPI dependencies: what a route needs, resolved from the request.
 
-`CurrentUser` is the verified bearer token's principal; `AppServices` the worker's typed
-services (state.Services), made in the lifespan (app.py).
+`CurrentUser` is the verified bearer token's principal. The others are the one part of the
+worker a route needs (made in the lifespan: services.py), never the whole of it. Each is a
+coroutine: FastAPI runs a plain `def` dependency in its thread pool, a hop to another thread
+and back for every request.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import structlog
 from fastapi import Depends, Request
 
 from .auth import AuthError, KeysUnavailable, Principal
-from .errors import TooManyRequests, Unauthorized, Unavailable
+from .budgets import TokenBudgets
+from .chat import Chat
+from .config import Settings
+from .conversations import Conversations
+from .errors import Unauthorized, Unavailable
 from .observability import metrics
 from .observability.logging import get_logger
-from .state import Services, record_of
+from .observability.metrics import SharedCollection
+from .page import Page
+from .readiness import Readiness
+from .record import record_of
+
+if TYPE_CHECKING:
+    from .services import Services
 
 log = get_logger("service.auth")
 
@@ -26,13 +38,41 @@ def services_of(request: Request) -> Services:
     return services
 
 
-async def _services(request: Request) -> Services:
-    # A coroutine: FastAPI runs a plain `def` dependency in its thread pool, a hop to
-    # another thread and back for every request.
-    return services_of(request)
+async def _chat(request: Request) -> Chat:
+    return services_of(request).chat
 
 
-AppServices = Annotated[Services, Depends(_services)]
+async def _conversations(request: Request) -> Conversations:
+    return services_of(request).conversations
+
+
+async def _budgets(request: Request) -> TokenBudgets:
+    return services_of(request).budgets
+
+
+async def _settings(request: Request) -> Settings:
+    return services_of(request).settings
+
+
+async def _page(request: Request) -> Page:
+    return services_of(request).page
+
+
+async def _readiness(request: Request) -> Readiness:
+    return services_of(request).readiness
+
+
+async def _collection(request: Request) -> SharedCollection:
+    return services_of(request).metrics
+
+
+ChatService = Annotated[Chat, Depends(_chat)]
+ConversationStore = Annotated[Conversations, Depends(_conversations)]
+Budgets = Annotated[TokenBudgets, Depends(_budgets)]
+AppSettings = Annotated[Settings, Depends(_settings)]
+ThePage = Annotated[Page, Depends(_page)]
+Ready = Annotated[Readiness, Depends(_readiness)]
+Collection = Annotated[SharedCollection, Depends(_collection)]
 
 
 async def current_user(request: Request) -> Principal:
@@ -88,14 +128,5 @@ async def spend_address_budget(request: Request) -> None:
     The address is the peer's, or, when the peer is one of CHAT_TRUSTED_PROXIES, the
     X-Forwarded-For entry that proxy added (uvicorn's proxy headers take the right-most
     untrusted entry), never one a client wrote itself."""
-    limits = services_of(request).ip_limits
     client = request.client
-    key = f"ip:{client.host if client is not None else 'unknown'}"
-    rate = limits.known_refusal(key) or await limits.hit(key)
-    if not rate.allowed:
-        metrics.rate_limited.labels("ip").inc()
-        raise TooManyRequests(
-            "too many failed or unauthenticated requests from this address",
-            rate.reset_seconds,
-            rate.headers("address"),
-        )
+    await services_of(request).addresses.spend(client.host if client is not None else "unknown")

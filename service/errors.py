@@ -71,6 +71,11 @@ class TooManyRequests(ServiceError):
         seconds = max(1, math.ceil(retry_after))
         super().__init__(detail, {**(headers or {}), "Retry-After": str(seconds)})
 
+    def with_headers(self, headers: dict[str, str]) -> TooManyRequests:
+        """The same refusal with `headers` beside its own (its own win)."""
+        self.headers = {**headers, **self.headers}
+        return self
+
 
 class Unavailable(ServiceError):
     status = 503

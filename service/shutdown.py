@@ -24,7 +24,7 @@ class Stoppable(Protocol):
 
 
 class Running(Protocol):
-    """The worker's generations (generation.Generations), as far as the drain cares."""
+    """The worker's generations (generations.Generations), as far as the drain cares."""
 
     def all(self) -> Iterable[Stoppable]: ...
 

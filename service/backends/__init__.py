@@ -2,9 +2,9 @@
 
 `open()` starts the generation and raises `BackendError` if it is refused, so the route can
 still answer with a JSON error and a status; the iterator it returns yields `thinking`,
-`content` and finally `done` events (see `sse.Event`), and raises `BackendError` for
-failures it can name once streaming, which become an `error` event. The route adds `start`,
-the stream encodes. The response cache and each backend plug in behind this one Protocol.
+`content` and finally `done` events (see `events.Event`), and raises `BackendError` for
+failures it can name once streaming, which become an `error` event. The generation adds
+`start` and encodes (generation.py). Each backend plugs in behind this one Protocol.
 """
 
 from __future__ import annotations

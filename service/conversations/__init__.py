@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..backends import Turn
-from ..store import Store
+from ..redis.store import Store
 
 # A conversation id: what a client may name one. No `:` (the key scheme's separator) and
 # nothing a Redis key or a hash tag would read as syntax.

@@ -8,6 +8,8 @@ step below is one script on one node:
     chat:u:{U}:conv:<id>:turns  list of JSON messages, the last CHAT_HISTORY_TURNS turns
     chat:conv-owner:<id>        the user who claimed the bare id (its own slot)
 
+(named in redis/keys.py; the scripts that evict build `<prefix>:conv:<id>` themselves).
+
 Every write renews CHAT_HISTORY_TTL on what it touches; a conversation left alone expires,
 and the listing drops index entries whose conversation has expired.
 """
@@ -20,7 +22,8 @@ from typing import Any
 
 from ..backends import Turn
 from ..observability.logging import get_logger
-from ..store import Script, Store, user_prefix
+from ..redis import keys
+from ..redis.store import Script, Store
 from . import PAGE_SIZE, HistoryUnavailable, NotFound, Opened, Page, Summary, clip, title_of
 
 log = get_logger("service.conversations")
@@ -129,39 +132,41 @@ class RedisConversations:
         claimed = await self._run(CLAIM, [_owner(conversation_id)], [user, self.ttl_ms])
         if not claimed:
             raise NotFound
-        prefix = user_prefix(user)
-        keys = _keys(prefix, conversation_id)
+        prefix = keys.user(user)
+        names = _keys(user, conversation_id)
         args: list[Any] = [conversation_id, secrets.token_hex(8), title_of(message)]
         args += [self.max_per_user, self.ttl_ms, prefix]
-        epoch, raw, evicted = await self._run(OPEN, keys, args)
+        epoch, raw, evicted = await self._run(OPEN, names, args)
         for old in evicted:  # their claims go with them
             await self._run(UNCLAIM, [_owner(old.decode())], [user])
         return Opened(epoch.decode(), _turns(raw))
 
     async def append(self, user: str, conversation_id: str, epoch: str, turns: list[Turn]) -> bool:
         items = [json.dumps({"role": t.role, "content": t.content}) for t in clip(turns)]
-        keys = _keys(user_prefix(user), conversation_id)
+        names = _keys(user, conversation_id)
         args = [conversation_id, epoch, self.max_messages, self.ttl_ms, *items]
-        return bool(await self._run(APPEND, keys, args))
+        return bool(await self._run(APPEND, names, args))
 
     async def history(self, user: str, conversation_id: str) -> list[Turn]:
-        keys = _keys(user_prefix(user), conversation_id)[1:]
-        raw = await self._run(READ, keys, [])
+        names = _keys(user, conversation_id)[1:]
+        raw = await self._run(READ, names, [])
         if raw is None:
             raise NotFound
         return _turns(raw)
 
     async def forget(self, user: str, conversation_id: str) -> None:
-        keys = _keys(user_prefix(user), conversation_id)
-        if not await self._run(FORGET, keys, [conversation_id]):
+        names = _keys(user, conversation_id)
+        if not await self._run(FORGET, names, [conversation_id]):
             raise NotFound
         await self._run(UNCLAIM, [_owner(conversation_id)], [user])
 
     async def listing(self, user: str, cursor: str | None = None, limit: int = PAGE_SIZE) -> Page:
         top, _, after = (cursor or "").partition(":")
         highest = top if top.isdigit() else "+inf"
-        prefix = user_prefix(user)
-        rows = await self._run(LIST, [f"{prefix}:convs"], [highest, limit + 1 + TIES, prefix])
+        prefix = keys.user(user)
+        rows = await self._run(
+            LIST, [keys.conversations(user)], [highest, limit + 1 + TIES, prefix]
+        )
         found = [
             Summary(cid.decode(), title.decode(), int(score) / 1000, int(messages) // 2)
             for cid, title, score, messages in rows
@@ -175,21 +180,24 @@ class RedisConversations:
         last = page[-1] if page else None
         return Page(page, f"{round(last.updated_at * 1000)}:{last.id}" if more and last else None)
 
-    async def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    async def _run(self, script: Script, names: list[str], args: list[Any]) -> Any:
         unavailable = object()
-        result = await self.store.run_script("history", script, keys, args, unavailable)
+        result = await self.store.run_script("history", script, names, args, unavailable)
         if result is unavailable:
             raise HistoryUnavailable
         return result
 
 
-def _keys(prefix: str, conversation_id: str) -> list[str]:
-    conversation = f"{prefix}:conv:{conversation_id}"
-    return [f"{prefix}:convs", conversation, f"{conversation}:turns"]
+def _keys(user: str, conversation_id: str) -> list[str]:
+    return [
+        keys.conversations(user),
+        keys.conversation(user, conversation_id),
+        keys.conversation_turns(user, conversation_id),
+    ]
 
 
 def _owner(conversation_id: str) -> str:
-    return f"chat:conv-owner:{conversation_id}"
+    return keys.conversation_owner(conversation_id)
 
 
 def _turns(raw: list[bytes]) -> list[Turn]:

@@ -16,7 +16,7 @@ import structlog
 from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import ClientGone, error_response
-from ..state import RequestRecord
+from ..record import RequestRecord
 from . import metrics
 from .logging import access_logger
 

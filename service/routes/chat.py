@@ -1,8 +1,7 @@
 """The chat endpoints: a message in, an SSE stream of start/thinking/content/done out.
 
-route -> auth (deps.CurrentUser) -> message checks -> admission (rate, slot, cache: one
-Redis round trip; admission.py) -> a generation of the reply (generation.py, replies.py)
--> a response that reads it (streaming.py, sse.py).
+route -> auth (deps.CurrentUser) -> the chat (chat.py: message checks, admission, the
+reply's generation, the response that reads it).
 """
 
 from __future__ import annotations
@@ -12,14 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .. import replies
-from ..admission import Admission
 from ..conversations import ID_PATTERN
-from ..deps import AppServices, CurrentUser
+from ..deps import ChatService, CurrentUser
 from ..errors import InvalidInput, UnsupportedMediaType
-from ..sse import EventStream
-from ..state import Services, record_of
-from ..streaming import respond, resume_from_header
+from ..record import record_of
+from ..response import EventStream
 
 router = APIRouter(tags=["chat"])
 
@@ -51,14 +47,16 @@ class ChatBody(BaseModel):
 async def chat_get(
     request: Request,
     user: CurrentUser,
-    services: AppServices,
+    chat: ChatService,
     message: Annotated[str, Path(min_length=1)],
 ) -> EventStream:
     """Stream a reply to the message in the path."""
+    record = record_of(request.scope)
     last_event_id = request.headers.get("last-event-id")
     if last_event_id:
-        return await resume_from_header(services, record_of(request.scope), user.sub, last_event_id)
-    return await _respond(request, services, user.sub, _checked(request, services, message))
+        return await chat.resume_from_header(record, user.sub, last_event_id)
+    chat.check(message, record)
+    return await chat.respond(request.receive, record, user.sub, message, None, _no_cache(request))
 
 
 @router.post(
@@ -73,14 +71,17 @@ async def chat_get(
         }
     },
 )
-async def chat_post(request: Request, user: CurrentUser, services: AppServices) -> EventStream:
+async def chat_post(request: Request, user: CurrentUser, chat: ChatService) -> EventStream:
     """Stream a reply to `{"message": ...}`."""
+    record = record_of(request.scope)
     last_event_id = request.headers.get("last-event-id")
     if last_event_id:
-        return await resume_from_header(services, record_of(request.scope), user.sub, last_event_id)
+        return await chat.resume_from_header(record, user.sub, last_event_id)
     body = await _json_body(request)
-    message = _checked(request, services, body.message)
-    return await _respond(request, services, user.sub, message, body.conversation_id)
+    chat.check(body.message, record)
+    return await chat.respond(
+        request.receive, record, user.sub, body.message, body.conversation_id, _no_cache(request)
+    )
 
 
 async def _json_body(request: Request) -> ChatBody:
@@ -97,42 +98,5 @@ async def _json_body(request: Request) -> ChatBody:
         raise InvalidInput(detail) from None
 
 
-def _checked(request: Request, services: Services, message: str) -> str:
-    record_of(request.scope).message_chars = len(message)
-    if not message.strip():
-        raise InvalidInput("message is empty")
-    limit = services.settings.max_message_chars
-    if len(message) > limit:
-        raise InvalidInput(f"message is longer than {limit} characters")
-    return message
-
-
-async def _respond(
-    request: Request,
-    services: Services,
-    user: str,
-    message: str,
-    conversation_id: str | None = None,
-) -> EventStream:
-    """Admit the request, start its generation, and answer with a stream that reads it."""
-    record = record_of(request.scope)
-    no_cache = "no-cache" in request.headers.get("cache-control", "").lower()
-    admission = await Admission.admit(
-        services,
-        user,
-        message,
-        conversation_id=conversation_id,
-        no_cache=no_cache,
-        timing=record.timing,
-    )
-    record.cache = admission.ticket.mode
-    try:
-        finisher = replies.ChatFinisher(admission, services.conversations, user, message)
-        if conversation_id is not None:
-            await finisher.open_conversation(conversation_id)
-        source = await replies.source_for(request.receive, services, admission, finisher)
-    except BaseException:
-        admission.release()  # nothing will stream: hand back what admission took
-        raise
-    _, cursor = services.generations.start(user, source, finisher, admission.ticket.mode)
-    return respond(services, cursor, record, admission.headers())
+def _no_cache(request: Request) -> bool:
+    return "no-cache" in request.headers.get("cache-control", "").lower()

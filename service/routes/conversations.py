@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 
 from ..conversations import ID_PATTERN, HistoryUnavailable, NotFound
-from ..deps import AppServices, CurrentUser
+from ..deps import ConversationStore, CurrentUser
 from ..errors import NotFoundError, Unavailable
 
 router = APIRouter(tags=["conversations"])
@@ -23,13 +23,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 
 @router.get("/conversations", responses={k: v for k, v in RESPONSES.items() if k != 404})
 async def list_conversations(
-    services: AppServices,
+    conversations: ConversationStore,
     user: CurrentUser,
     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[0-9A-Za-z._:-]*$")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     """The caller's conversations, most recently updated first; `next` pages on."""
-    conversations = services.conversations
     try:
         page = await conversations.listing(user.sub, cursor, limit)
     except HistoryUnavailable:
@@ -43,10 +42,9 @@ async def list_conversations(
 
 @router.get("/conversations/{conversation_id}", responses=RESPONSES)
 async def get_conversation(
-    services: AppServices, user: CurrentUser, conversation_id: ConversationId
+    conversations: ConversationStore, user: CurrentUser, conversation_id: ConversationId
 ) -> dict[str, Any]:
     """The conversation's turns, oldest first."""
-    conversations = services.conversations
     try:
         turns = await conversations.history(user.sub, conversation_id)
     except NotFound:
@@ -61,10 +59,9 @@ async def get_conversation(
 
 @router.delete("/conversations/{conversation_id}", status_code=204, responses=RESPONSES)
 async def delete_conversation(
-    services: AppServices, user: CurrentUser, conversation_id: ConversationId
+    conversations: ConversationStore, user: CurrentUser, conversation_id: ConversationId
 ) -> Response:
     """Forget the conversation."""
-    conversations = services.conversations
     try:
         await conversations.forget(user.sub, conversation_id)
     except NotFound:

@@ -1,11 +1,11 @@
-"""Liveness and readiness probes."""
+"""Liveness and readiness probes (answered on CHAT_METRICS_PORT too: app.MetricsPortSplit)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from ..deps import AppServices
+from ..deps import Ready
 
 router = APIRouter(tags=["health"])
 
@@ -17,11 +17,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: {"description": "Draining, or a dependency is down"}})
-async def readyz(services: AppServices) -> JSONResponse:
+async def readyz(readiness: Ready) -> JSONResponse:
     """Answers 200 when ready for traffic, or 503 naming what is not."""
-    if services.drain.draining:
-        return JSONResponse({"detail": "shutting down"}, status_code=503)
-    store = services.store
-    if store is not None and not await store.ping():
-        return JSONResponse({"detail": "redis unavailable"}, status_code=503)
+    reason = await readiness.not_ready()
+    if reason is not None:
+        return JSONResponse({"detail": reason}, status_code=503)
     return JSONResponse({"status": "ready"})

@@ -7,17 +7,16 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from ..deps import AppServices
+from ..deps import AppSettings
 
 router = APIRouter(tags=["auth"])
 
 
 @router.get("/auth/config")
-async def auth_config(services: AppServices, response: Response) -> dict[str, Any]:
+async def auth_config(settings: AppSettings, response: Response) -> dict[str, Any]:
     """The OpenID provider the page signs in with: `{"oidc": {"issuer", "client_id",
     "scopes"}}`, or `{"oidc": null}` when tokens are pasted."""
     response.headers["Cache-Control"] = "no-cache"
-    settings = services.settings
     if settings.oidc_issuer is None:
         return {"oidc": None}
     return {

@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from .. import streaming
-from ..deps import AppServices, CurrentUser
+from ..chat import NOT_FOUND, check_stream_id, parse_last_event_id
+from ..deps import ChatService, CurrentUser
 from ..errors import NotFoundError
-from ..sse import EventStream
-from ..state import record_of
+from ..record import record_of
+from ..response import EventStream
 
 router = APIRouter(tags=["streams"])
 
@@ -39,26 +39,24 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 async def resume_stream(
     request: Request,
     user: CurrentUser,
-    services: AppServices,
+    chat: ChatService,
     stream_id: StreamId,
     last_event_id: Annotated[str | None, Query(max_length=200)] = None,
 ) -> EventStream:
     """Resume a stream after `Last-Event-ID` (header, or `?last_event_id=`)."""
-    streaming.check_stream_id(stream_id)
+    check_stream_id(stream_id)
     value = request.headers.get("last-event-id") or last_event_id
     after = 0
     if value:
-        parsed = streaming.parse_last_event_id(value)
+        parsed = parse_last_event_id(value)
         if parsed is None or parsed[0] != stream_id:
-            raise NotFoundError(streaming.NOT_FOUND)
+            raise NotFoundError(NOT_FOUND)
         after = parsed[1]
-    record = record_of(request.scope)
-    return await streaming.resume(services, record, user.sub, stream_id, after)
+    return await chat.resume(record_of(request.scope), user.sub, stream_id, after)
 
 
 @router.delete("/chat/streams/{stream_id:text}", status_code=204, responses=RESPONSES)
-async def stop_stream(user: CurrentUser, services: AppServices, stream_id: StreamId) -> Response:
+async def stop_stream(user: CurrentUser, chat: ChatService, stream_id: StreamId) -> Response:
     """Stop the stream's generation, wherever it runs."""
-    streaming.check_stream_id(stream_id)
-    await streaming.stop(services, user.sub, stream_id)
+    await chat.stop(user.sub, stream_id)
     return Response(status_code=204)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from service.store import user_prefix
+from service.redis.keys import user as user_prefix
 from tests.support.redis import RedisServer
 from tests.support.redis_topologies import (
     RedisCluster,

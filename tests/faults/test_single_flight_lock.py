@@ -18,8 +18,9 @@ import httpx
 import pytest
 import redis as sync_redis
 
-from service.cache import HEARTBEAT_SECONDS, RedisCache, cache_key
-from service.store import Store
+from service.cache import cache_key
+from service.cache.in_redis import HEARTBEAT_SECONDS, RedisCache
+from service.redis.store import Store
 from tests.support.redis import RedisServer, running_redis
 from tests.support.service import running_service
 from tests.support.sse import Stream, read_stream

@@ -12,8 +12,8 @@ import pytest
 import redis as sync_redis
 from redis.exceptions import ResponseError
 
-from service.pipelining import AutoPipeline
-from service.store import Script, Store
+from service.redis.pipeline import AutoPipeline
+from service.redis.store import Script, Store
 from tests.support.latency_proxy import latency_proxy
 from tests.support.redis import RedisServer, running_redis
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from service.store import user_prefix
+from service.redis.keys import user as user_prefix
 from tests.support.metrics import metric
 from tests.support.redis import RedisServer
 from tests.support.redis_topologies import redis_of_kind

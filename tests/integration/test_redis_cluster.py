@@ -11,7 +11,7 @@ import httpx
 import redis
 from redis.crc import key_slot
 
-from service.store import user_prefix
+from service.redis.keys import user as user_prefix
 from tests.support.metrics import total
 from tests.support.redis_topologies import RedisCluster
 from tests.support.service import Service, running_service

@@ -10,11 +10,14 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
-from service import relay as relay_module
 from service.events import Event
-from service.generation import Generation
-from service.relay import Mirror, Relay, _keys, _NoFinisher
-from service.store import Store
+from service.generation import FOLLOWING, Generation
+from service.generations import Followed
+from service.log import Log
+from service.redis import keys
+from service.redis import relay as relay_module
+from service.redis.relay import Relay
+from service.redis.store import Store
 from tests.support.redis import RedisServer, running_redis
 
 
@@ -40,18 +43,24 @@ class Fed:
 
     def __init__(self, url: str, stream_id: str, user: str, window: float) -> None:
         self.store = Store(url)
-        self.relay = Relay(self.store, window=window, max_bytes=1 << 20)
+        self.relay = Relay(self.store, window=window)
         self.events: asyncio.Queue[Event | None] = asyncio.Queue()
-        self.generation = Generation(stream_id, user, self._source(), _NoFinisher())
-        self.log_key, self.meta_key, _ = _keys(stream_id, user)
+        self.generation = Generation(
+            stream_id, user, self._source(), FOLLOWING, self.relay, Log(1 << 20)
+        )
+        self.log_key, self.meta_key, _ = keys.stream(user, stream_id)
 
     async def _source(self) -> AsyncIterator[Event]:
         while (event := await self.events.get()) is not None:
             yield event
 
     def start(self) -> None:
-        self.relay.track(self.generation)
-        self.generation.start()
+        self.relay.started(self.generation)
+        self.generation.begin()
+        self.generation.start(lambda _: None)
+
+    def published(self) -> int:
+        return self.relay._published.get(self.generation, -1)
 
     def feed(self, event: Event | None) -> None:
         self.events.put_nowait(event)
@@ -80,7 +89,7 @@ def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) ->
     longer the newest) and a resume elsewhere finds a hole. CI saw one on a Cluster:
     events 36, 46 and 77 of a resumed reply never arrived."""
 
-    async def body() -> tuple[list[bytes], Mirror | None]:
+    async def body() -> tuple[list[bytes], Followed | None]:
         fed = Fed(redis.url, "held", "alice", window=30)
         store, generation = fed.store, fed.generation
         try:
@@ -89,7 +98,7 @@ def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) ->
             fed.start()
 
             async def queued() -> bool:
-                return generation.published == 1
+                return fed.published() == 1
 
             await _until(queued)
             store.send("test", ("PING",), urgent=True)  # the batch goes now
@@ -103,22 +112,24 @@ def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) ->
                 fed.feed(Event("content", {"text": str(n)}))
 
             async def appended() -> bool:
-                return generation.last_seq == 21
+                return generation.log.last_seq == 21
 
             await _until(appended)
             # Whatever the relay queued meanwhile goes with this, on another connection.
             assert await store.execute("test", "PING", fallback=None) == b"PONG"
             await store.execute("test", "RPUSH", "release", 1, fallback=None)
             await fed.end()
-            mirror = await fed.relay.mirror("held", "alice", 0)
-            return [entry.wire for entry in generation.entries], mirror
+            mirror = await fed.relay.follow("held", "alice", 0)
+            if mirror is not None:
+                await mirror.source.aclose()  # type: ignore[attr-defined]
+            return [entry.wire for entry in generation.log.entries], mirror
         finally:
             await fed.aclose()
 
     wires, mirror = asyncio.run(body())
     assert len(wires) == 21  # start and 20 content events
     assert mirror is not None  # the log starts at the first event
-    assert [entry.wire for entry in mirror.entries] == wires
+    assert [wire for _, wire in mirror.history] == wires
 
 
 def test_a_long_generations_keys_outlive_their_first_lease_and_end_with_the_window(
@@ -159,7 +170,7 @@ def test_a_generations_end_lands_before_the_store_closes(redis: RedisServer) -> 
             fed.start()
 
             async def queued() -> bool:
-                return generation.published == 1
+                return fed.published() == 1
 
             await _until(queued)
             store.send("test", ("PING",), urgent=True)  # the batch goes now
@@ -171,7 +182,7 @@ def test_a_generations_end_lands_before_the_store_closes(redis: RedisServer) -> 
             await fed.aclose()
 
     asyncio.run(body())
-    _, meta, _ = _keys("closing", "carol")
+    _, meta, _ = keys.stream("carol", "closing")
     with sync_redis.Redis.from_url(redis.url) as client:
         assert client.hget(meta, "state") == b"ended"
-        assert client.xlen(_keys("closing", "carol")[0]) == 2  # start, then the rest
+        assert client.xlen(keys.stream("carol", "closing")[0]) == 2  # start, then the rest

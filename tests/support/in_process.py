@@ -10,7 +10,7 @@ import httpx
 
 from service.app import create_app
 from service.config import Settings
-from service.state import Services
+from service.services import Services
 
 from .tokens import SECRET
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from service.cache import cache_key
-from service.state import Services
+from service.services import Services
 from tests.support.demo_text import demo_reply
 from tests.support.in_process import running_app
 from tests.support.sse import parse

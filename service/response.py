@@ -1,21 +1,21 @@
-"""Server-Sent Events: the event type, its wire encoding, and the streaming response.
+"""The HTTP response of a stream: `EventStream`, one reader of a generation's log, and
+`Responses`, the worker's open ones (the drain, the ticker, the stream metrics).
 
-The response, `EventStream`, is one reader of a generation's log (generation.py): it sends
-the entries after a position as they come. It is a pure ASGI callable rather than
-sse-starlette's EventSourceResponse or a Starlette StreamingResponse with a task group: it
-reads in the request's own task and adds one small helper task, `_watch`, which waits on
-`receive()`: when the client goes, the reader stops and leaves the generation (which
-decides, by CHAT_RESUME_WINDOW, whether to wait for a reader to come back or to stop now).
+`EventStream` sends the log's entries after a position as they come. It is a pure ASGI
+callable rather than sse-starlette's EventSourceResponse or a Starlette StreamingResponse
+with a task group: it reads in the request's own task and adds one small helper task,
+`_watch`, which waits on `receive()`: when the client goes, the reader stops and leaves
+the generation (whose worker decides, by CHAT_RESUME_WINDOW, whether to wait for a reader
+to come back or to stop now).
 
-Once a tick, the worker's ticker (streaming.py) looks at every open stream: an idle one
-gets a `: ping` comment (the WHATWG SSE comment syntax, ignored by every parser) so proxies
-with idle timeouts do not cut a slow first token, and one whose send has been stuck behind
-a client that stopped reading for `send_timeout` is cut off instead of holding a buffer
-forever.
+Once a tick, the worker's one ticker (`Responses`) looks at every open stream: an idle one
+gets a `: ping` comment (events.PING) so proxies with idle timeouts do not cut a slow
+first token, and one whose send has been stuck behind a client that stopped reading for
+`send_timeout` is cut off instead of holding a buffer forever.
 
-Shutdown: the worker's `Drain` ends still-open streams with an `error` event
-`{"code": "shutdown"}` once the graceful period is over, because uvicorn on SIGTERM waits for
-streaming responses without limit and never tells the application.
+Shutdown: the worker's `Drain` ends still-open streams with the `shutdown` error event
+once the graceful period is over, because uvicorn on SIGTERM waits for streaming
+responses without limit and never tells the application.
 """
 
 from __future__ import annotations
@@ -28,28 +28,30 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .events import PING, SHUTDOWN, TERMINAL, Event, encode
-from .state import RequestRecord, StreamStats, record_of
+from . import events
+from .events import INTERNAL, PING, SHUTDOWN, TERMINAL
+from .observability import metrics
+from .record import RequestRecord, StreamStats, record_of
 
 if TYPE_CHECKING:
-    from .generation import Cursor
+    from .generation import Generation
+    from .log import Cursor
+    from .shutdown import Drain
 
-
-class StreamHooks(Protocol):
-    """Told when a stream opens and closes (streaming.py: the drain, the stream metrics)."""
-
-    def opened(self, stream: EventStream) -> None: ...
-
-    def closed(self, stream: EventStream) -> None: ...
-
-
-logger = logging.getLogger("service.sse")
+logger = logging.getLogger("service.response")
 
 SSE_HEADERS = {
     "cache-control": "no-cache",
     # nginx honours this per response, so buffering stays off even behind a default config.
     "x-accel-buffering": "no",
 }
+END = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class Readers(Protocol):
+    """Where a reader leaves its generation (generations.Generations)."""
+
+    def leave(self, generation: Generation, cursor: Cursor) -> None: ...
 
 
 class EventStream(Response):
@@ -68,10 +70,8 @@ class EventStream(Response):
         "_task",
         "cursor",
         "generation",
-        "hooks",
-        "ping_seconds",
         "record",
-        "send_timeout",
+        "responses",
         "stats",
     )
 
@@ -79,23 +79,19 @@ class EventStream(Response):
 
     def __init__(
         self,
+        generation: Generation,
         cursor: Cursor,
-        *,
-        ping_seconds: float,
-        send_timeout: float,
+        responses: Responses,
         headers: dict[str, str] | None = None,
-        hooks: StreamHooks | None = None,
     ) -> None:
+        self.generation = generation
         self.cursor = cursor
-        self.generation = cursor.generation
-        self.ping_seconds = ping_seconds
-        self.send_timeout = send_timeout
-        self.hooks = hooks
+        self.responses = responses
         self.record: RequestRecord | None = None
         self.stats = StreamStats()
         self.status_code = 200
         self.background = None
-        self.init_headers({**SSE_HEADERS, **(headers or {})})
+        self.init_headers({**SSE_HEADERS, **(headers or {}), "X-Stream-ID": generation.id})
         self._task: asyncio.Task[Any] | None = None
         self._stop_reason: str | None = None
         self._streaming = False
@@ -120,9 +116,10 @@ class EventStream(Response):
         self._task = asyncio.current_task()
         record = self.record = record_of(scope)
         record.stream = self.stats
+        record.stream_id = self.generation.id
+        # uvicorn's own `send`: body chunks skip the middleware wrappers (service/__init__.py).
         start_send, send = send, record.raw_send
-        if self.hooks is not None:
-            self.hooks.opened(self)
+        self.responses.opened(self)
         watcher: asyncio.Task[None] | None = None
         try:
             await start_send(
@@ -134,17 +131,15 @@ class EventStream(Response):
         except OSError:
             self.stats.outcome = "disconnected"  # gone before the first byte
         finally:
-            # From here on nothing may cancel this task: what `on_end` does must run to
+            # From here on nothing may cancel this task: leaving the generation must run to
             # its end, whatever the client does now.
             self._finished = True
             if watcher is not None:
                 watcher.cancel()
             if self._pinging is not None:
                 self._pinging.cancel()
-            self.generation.detach(self.cursor)
             record.usage = self.generation.usage
-            if self.hooks is not None:
-                self.hooks.closed(self)
+            self.responses.closed(self)
 
     async def _stream(self, send: Send) -> None:
         stats = self.stats
@@ -156,11 +151,11 @@ class EventStream(Response):
         try:
             try:
                 cursor = self.cursor
-                generation = cursor.generation
+                log = cursor.log
                 while True:
                     batch = cursor.available()
                     if not batch:
-                        if generation.ended:  # without a last event: nothing more will come
+                        if log.closed:  # without a last event: nothing more will come
                             await send(END)
                             return
                         await cursor.wait()
@@ -182,7 +177,7 @@ class EventStream(Response):
                     await self._send_body(send, body, len(batch))
                     cursor.sent(batch[-1])
                     if last is not None:
-                        stats.outcome = "done" if last == "done" else "error"
+                        stats.outcome = events.outcome_of(last)
                         await send(END)
                         self._finished = True
                         return
@@ -199,28 +194,27 @@ class EventStream(Response):
             except Exception:
                 logger.exception("stream failed")
                 stats.outcome = "error"
-                await self._send_wire(send, encode(INTERNAL, self._next_id()), INTERNAL.name)
+                await self._send_event(send, INTERNAL)
             await send(END)
         except OSError:
             stats.outcome = "disconnected"  # the client went away between events
 
-    def _next_id(self) -> bytes:
-        return self.generation.wire_id(self.cursor.position + 1)
-
     async def _send_shutdown(self, send: Send) -> None:
-        await self._send_wire(send, encode(SHUTDOWN, self._next_id()), SHUTDOWN.name)
+        await self._send_event(send, SHUTDOWN)
         await send(END)
 
-    async def _send_wire(self, send: Send, body: bytes, name: str) -> None:
-        self.stats.count(name)
-        await self._send_body(send, body, 1)
+    async def _send_event(self, send: Send, event: events.Event) -> None:
+        """An event of this response's own, numbered after the last one it sent."""
+        self.stats.count(event.name)
+        wire = events.encode(event, self.generation.wire_id(self.cursor.position + 1))
+        await self._send_body(send, wire, 1)
 
-    async def _send_body(self, send: Send, body: bytes, events: int) -> None:
+    async def _send_body(self, send: Send, body: bytes, count: int) -> None:
         self._sending = True
         await send({"type": "http.response.body", "body": body, "more_body": True})
         self._sending = False
         stats = self.stats
-        stats.events += events
+        stats.events += count
         stats.bytes += len(body)
 
     async def _watch(self, receive: Receive) -> None:
@@ -230,31 +224,31 @@ class EventStream(Response):
             pass
         self.stop("disconnected")
 
-    def tick(self, seconds: float) -> None:
-        """Called every `seconds` by the worker's one ticker (streaming.Ticker) rather than
-        by a timer per stream, so the hot path pays nothing: an idle stream is pinged
-        between one and two intervals after its last event, and a send stuck behind a
-        client that stopped reading is cut off after `send_timeout`."""
+    def tick(self, seconds: float, ping_seconds: float, send_timeout: float) -> None:
+        """Called every `seconds` by the worker's one ticker rather than by a timer per
+        stream, so the hot path pays nothing: an idle stream is pinged between one and two
+        intervals after its last event, and a send stuck behind a client that stopped
+        reading is cut off after `send_timeout`."""
         if self._finished or self._send is None:
             return
-        events = self.stats.events
-        if events != self._seen:
-            self._seen, self._idle, self._stalled = events, 0.0, 0.0
+        events_sent = self.stats.events
+        if events_sent != self._seen:
+            self._seen, self._idle, self._stalled = events_sent, 0.0, 0.0
             return
         if self._sending:
             self._stalled += seconds
-            if self._stalled >= self.send_timeout:
+            if self._stalled >= send_timeout:
                 self.stop("slow_client")
             return
         self._idle += seconds
-        if self._idle >= self.ping_seconds and self._pinging is None:
+        if self._idle >= ping_seconds and self._pinging is None:
             self._idle = 0.0
-            self._pinging = asyncio.ensure_future(self._ping(self._send))
+            self._pinging = asyncio.ensure_future(self._ping(self._send, send_timeout))
 
-    async def _ping(self, send: Send) -> None:
+    async def _ping(self, send: Send, send_timeout: float) -> None:
         # A ping can block behind a full buffer as well as an event can.
         try:
-            async with asyncio.timeout(self.send_timeout):
+            async with asyncio.timeout(send_timeout):
                 await send({"type": "http.response.body", "body": PING, "more_body": True})
         except TimeoutError:
             self.stop("slow_client")
@@ -264,5 +258,56 @@ class EventStream(Response):
             self._pinging = None
 
 
-END = {"type": "http.response.body", "body": b"", "more_body": False}
-INTERNAL = Event("error", {"code": "internal", "message": "internal error"})
+class Responses:
+    """This worker's open event streams: each registered with the drain while open, looked
+    at by one ticker (`ping_seconds`, `send_timeout`; closures or timers per stream cost
+    each 400 bytes), counted in the stream metrics when it closes, and its cursor handed
+    back to its generation's `Readers`."""
+
+    def __init__(
+        self, drain: Drain, readers: Readers, ping_seconds: float, send_timeout: float
+    ) -> None:
+        self.drain = drain
+        self.readers = readers
+        self.ping_seconds = ping_seconds
+        self.send_timeout = send_timeout
+        self.tick_seconds = min(ping_seconds, send_timeout)
+        self._open: set[EventStream] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def respond(
+        self, generation: Generation, cursor: Cursor, headers: dict[str, str]
+    ) -> EventStream:
+        return EventStream(generation, cursor, self, headers)
+
+    def opened(self, stream: EventStream) -> None:
+        self.drain.add(stream)
+        self._open.add(stream)
+        metrics.streams_active.inc()
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        seconds = self.tick_seconds
+        while self._open:
+            await asyncio.sleep(seconds)
+            for stream in list(self._open):
+                stream.tick(seconds, self.ping_seconds, self.send_timeout)
+
+    def closed(self, stream: EventStream) -> None:
+        self.readers.leave(stream.generation, stream.cursor)
+        self.drain.streams.discard(stream)
+        self._open.discard(stream)
+        metrics.streams_active.dec()
+        stats = stream.stats
+        assert stream.record is not None
+        started = stream.record.started
+        metrics.stream_duration.labels(stats.outcome).observe(time.perf_counter() - started)
+        if stats.first_content_at is not None:
+            metrics.time_to_first_token.observe(stats.first_content_at - started)
+        for name, count in stats.counts.items():
+            metrics.stream_events.labels(name).inc(count)
+
+    async def aclose(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()

@@ -11,7 +11,7 @@ Redis itself does, never by how busy this worker is:
   read its replies (a burst of requests on a full CPU) does not make a healthy Redis look
   dead. If Redis answers the probe, the batch is waited for (up to REDIS_GIVE_UP_SECONDS);
   if it does not, Redis is down, and every exchange still waiting on it is abandoned at
-  once. The watching is the pipeline's, one timer per batch (pipelining.py).
+  once. The watching is the pipeline's, one timer per batch (pipeline.py).
 - While Redis is down, calls fail open without waiting, except one at a time, which tries
   Redis for real: the first request after Redis is back finds it back, and from then on
   every request is enforced again. `/readyz` asks the probe directly.
@@ -20,7 +20,7 @@ Each failure and each skip is counted in `chat_redis_errors_total{op}`; the log 
 Redis goes away and when it is back, not once per request.
 
 Every command goes through `execute`, `run_script`, `eval` or `send`, which batch whatever
-one turn of the event loop issues into one round trip (pipelining.py). redis-py's pool
+one turn of the event loop issues into one round trip (pipeline.py). redis-py's pool
 only provides the connections' settings (and `limits`' storage its own).
 """
 
@@ -38,10 +38,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError
 
-from .observability import metrics
-from .observability.logging import get_logger
-from .pipelining import AutoPipeline
-from .redis_modes import ClusterPipelines, Pipelines, make_pool, parse_url, sync_client
+from ..observability import metrics
+from ..observability.logging import get_logger
+from . import connect
+from .topology import Pipelines, Tuning
 
 T = TypeVar("T")
 log = get_logger("service.store")
@@ -56,16 +56,9 @@ REDIS_GIVE_UP_SECONDS = 5.0
 # Per worker. A check holds a connection for well under a millisecond, so this many serve
 # thousands of requests a second; beyond it, calls queue for a free one.
 REDIS_MAX_CONNECTIONS = 64
-# Per worker, for the hot path's batched commands (see pipelining.py): each carries one
+# Per worker, for the hot path's batched commands (see pipeline.py): each carries one
 # loop turn's commands for one round trip, so a few are plenty even under heavy load.
 PIPELINE_CONNECTIONS = 8
-
-
-def user_prefix(user: str) -> str:
-    """The prefix of every key of one user's: in one Cluster hash slot, so that a script
-    may touch several of them. A hash of the name, not the name: a `sub` may hold `{` or
-    `}`, which would move the tag."""
-    return f"chat:u:{{{hashlib.sha256(user.encode()).hexdigest()[:32]}}}"
 
 
 class Unreachable(Exception):
@@ -124,8 +117,6 @@ class Store:
     ) -> None:
         self.timeout = timeout
         self.give_up = give_up
-        target = parse_url(url)
-        self.mode = target.mode
         # A blocking pool: past `max_connections` a call waits for a free connection.
         # redis-py's default pool raises at once past 100 instead, which under load would
         # read as "Redis is down" and switch limits off. Its socket timeout is only a
@@ -139,21 +130,11 @@ class Store:
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 0,
         }
-        self.pool = make_pool(target, ca_file, **settings)
-        self.pipeline: Pipelines
-        if target.mode == "cluster":
-            self.pipeline = ClusterPipelines(
-                target, settings, PIPELINE_CONNECTIONS, give_up, timeout, self._stalled
-            )
-        else:
-            self.pipeline = AutoPipeline(
-                self.pool,
-                PIPELINE_CONNECTIONS,
-                give_up,
-                stall_after=timeout,
-                on_stall=self._stalled,
-            )
-        self.probe = Probe(sync_client(target, ca_file, timeout))
+        tuning = Tuning(settings, PIPELINE_CONNECTIONS, give_up, timeout, self._stalled)
+        self.mode, connected = connect(url, ca_file, tuning)
+        self.pool = connected.pool
+        self.pipeline: Pipelines = connected.pipeline
+        self.probe = Probe(connected.probe)
         self._down = False
         self._trying = False  # while down: one call at a time tries Redis for real
 

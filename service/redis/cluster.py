@@ -1,21 +1,7 @@
-"""The Redis that operators bring: one server (plain or TLS), a Sentinel-guarded primary, or
-a Cluster, each named by its URL (`CHAT_REDIS_URL`, the schemes `limits` uses):
-
-    redis://[:password@]host:port[/db]        one server
-    rediss://[:password@]host:port[/db]       one server over TLS (CHAT_REDIS_CA_FILE: a private CA)
-    redis+sentinel://[:password@]host:port[,host:port...]/service-name[/db]
-    redis+cluster://[:password@]host:port[,host:port...]
-
-Whatever the mode, the Store sees one thing: `execute(*command)`, batched per loop turn
-(pipelining.py). For a single server and for Sentinel that is one `AutoPipeline`: with
-Sentinel its connections are redis-py's `SentinelManagedConnection`s, which ask the
-Sentinels for the primary whenever they connect, so after a failover the first new
-connection reaches the promoted one. For a Cluster it is `ClusterPipelines`: a pipeline
-per node, each command sent to the node serving its key's slot (hash tags keep what one
-script touches in one slot), a `MOVED` reply answered by reading the slot map again and
-sending the command where it now belongs, so no redirection reaches a request.
-
-The password of a Sentinel URL is the primary's; Sentinels are asked without one.
+"""A Redis Cluster (`redis+cluster://`): commands batched per node, each sent to the node
+serving its key's slot (hash tags keep what one script touches in one slot: redis/keys.py),
+a `MOVED` reply answered by reading the slot map again and sending the command where it now
+belongs, so no redirection reaches a request; a lost node makes the map be read again.
 """
 
 from __future__ import annotations
@@ -24,135 +10,36 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import NoBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError, MovedError, ResponseError
-from redis.retry import Retry as SyncRetry
-from redis.sentinel import Sentinel as SyncSentinel
 
-from .pipelining import AutoPipeline
+from .pipeline import AutoPipeline
+from .topology import Connected, OnStall, Tuning, probe_settings
+from .urls import RedisTarget
 
-SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
 # Commands whose key is not their first argument.
 SCRIPTS = frozenset({b"EVALSHA", b"EVAL"})
 MAX_REDIRECTS = 3
 
 
-@dataclass(frozen=True)
-class RedisTarget:
-    """What a `CHAT_REDIS_URL` names."""
-
-    mode: str  # single | sentinel | cluster
-    url: str
-    hosts: tuple[tuple[str, int], ...] = ()
-    service: str = ""
-    db: int = 0
-    password: str | None = None
-    username: str | None = None
-    tls: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_url(url: str) -> RedisTarget:
-    """The target a URL names; ValueError saying what is wrong with it."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisTarget("single", url, tls=url.startswith("rediss://"))
-    mode = "sentinel" if url.startswith("redis+sentinel://") else "cluster"
-    if not url.startswith(("redis+sentinel://", "redis+cluster://")):
-        raise ValueError(f"use one of {', '.join(SCHEMES)}")
-    parts = urlsplit(url)
-    userinfo, _, hostlist = parts.netloc.rpartition("@")
-    username, _, password = userinfo.partition(":")
-    hosts = []
-    for item in hostlist.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{item!r} is not host:port")
-        hosts.append((host.strip("[]"), int(port)))
-    segments = [unquote(s) for s in parts.path.split("/") if s]
-    service, db = "", 0
-    if mode == "sentinel":
-        if not segments or len(segments) > 2:
-            raise ValueError("name the service: redis+sentinel://host:port[,...]/service-name[/db]")
-        service = segments[0]
-        if len(segments) == 2:
-            if not segments[1].isdigit():
-                raise ValueError(f"the database {segments[1]!r} is not a number")
-            db = int(segments[1])
-    elif segments:
-        raise ValueError("a Cluster URL has no path: redis+cluster://host:port[,host:port...]")
-    return RedisTarget(
-        mode,
-        url,
-        tuple(hosts),
-        service,
-        db,
-        unquote(password) or None,
-        unquote(username) or None,
-    )
-
-
-class Pipelines(Protocol):
-    def execute(self, *command: Any, urgent: bool = True) -> asyncio.Future[Any]: ...
-
-    def abandon(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-def tls_options(target: RedisTarget, ca_file: str | None) -> dict[str, Any]:
-    if not target.tls:
-        return {}
-    options: dict[str, Any] = {"ssl_cert_reqs": "required"}
-    if ca_file:
-        options["ssl_ca_certs"] = ca_file
-    return options
-
-
-def make_pool(target: RedisTarget, ca_file: str | None, **settings: Any) -> aioredis.ConnectionPool:
-    """A connection pool whose settings (and, for Sentinel, connections) the pipelines use;
-    for a Cluster, the first node's (only `limits` asks it for anything, and nothing of it
-    but its key names)."""
-    if target.mode == "single":
-        return aioredis.BlockingConnectionPool.from_url(
-            target.url, **settings, **tls_options(target, ca_file)
-        )
-    settings = {k: v for k, v in settings.items() if k != "timeout"}
+def connect(target: RedisTarget, ca_file: str | None, tuning: Tuning) -> Connected:
+    settings = {k: v for k, v in tuning.settings.items() if k != "timeout"}
     settings.update(password=target.password, username=target.username)
-    if target.mode == "sentinel":
-        sentinel_kwargs = {k: v for k, v in settings.items() if k.startswith("socket_")}
-        sentinel = Sentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
-        pool: aioredis.ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            target.service, sentinel, db=target.db, **settings
-        )
-        return pool
+    # The first node's pool: only `limits` asks it for anything, and nothing but its keys'
+    # names.
     host, port = target.hosts[0]
-    return aioredis.ConnectionPool(host=host, port=port, **settings)
-
-
-def sync_client(target: RedisTarget, ca_file: str | None, timeout: float) -> Any:
-    """A blocking client for the probe's PING, in a thread: the primary (Sentinel), or
-    any node that answers (Cluster)."""
-    common: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    sentinel_kwargs = dict(common)
-    common.update(
-        retry=SyncRetry(NoBackoff(), 1),  # a connection a restart broke: once more
-        health_check_interval=0,
+    pool = aioredis.ConnectionPool(host=host, port=port, **settings)
+    pipeline = ClusterPipelines(
+        target, settings, tuning.connections, tuning.give_up, tuning.stall_after, tuning.on_stall
     )
-    if target.mode == "single":
-        return redis.Redis.from_url(target.url, **common, **tls_options(target, ca_file))
     auth: dict[str, Any] = {"password": target.password, "username": target.username}
-    if target.mode == "sentinel":
-        sentinel = SyncSentinel(list(target.hosts), sentinel_kwargs=sentinel_kwargs)
-        return sentinel.master_for(target.service, db=target.db, **auth, **common)
-    return _AnyNode(target.hosts, auth, common)
+    probe = _AnyNode(target.hosts, auth, probe_settings(tuning.stall_after))
+    return Connected(pool, pipeline, probe)
 
 
 class _AnyNode:
@@ -203,7 +90,7 @@ class ClusterPipelines:
         max_connections: int,
         timeout: float,
         stall_after: float,
-        on_stall: Any,
+        on_stall: OnStall,
     ) -> None:
         self.target = target
         self.settings = {k: v for k, v in settings.items() if k not in ("timeout",)}

@@ -1,0 +1,257 @@
+"""With Redis, a generation is not bound to the worker that runs it: the Redis twin of
+`generations.Elsewhere` (its other twin, `Local`, knows of nothing elsewhere).
+
+- Publishing: a generation's events go to a Redis stream (`keys.stream`: `...:log`), one
+  entry per turn of the event loop (the wire bytes of the events appended in that turn,
+  their names, the entry's id the number of the first), through the Store's batches: never
+  a round trip per event. Its owner, worker and state are in `...:meta`. Both live while it
+  runs and CHAT_RESUME_WINDOW after it ends, and the log is trimmed as the generation's own
+  is. One publish per generation is in flight at a time (see `_publish`).
+- Following: a resume on any worker or pod of a stream that runs elsewhere reads that log
+  (`follow`): what it holds so far, then a source of the rest, polled every POLL_SECONDS,
+  which feeds an ordinary generation on the reading worker. While it reads, it keeps
+  `...:readers` alive, so the worker running the generation does not stop it for want of
+  readers; if that worker dies (its `alive` key lapses) the source ends with
+  `error {"code": "interrupted"}`.
+- Stopping: a stop reaches the worker running the generation through that worker's inbox
+  (`keys.worker_inbox`), which every worker with generations polls every INBOX_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from .. import events
+from ..events import INTERRUPTED, Event
+from ..generations import Followed
+from ..observability.logging import get_logger
+from . import keys
+from .store import Store
+
+if TYPE_CHECKING:
+    from ..generation import Generation
+
+log = get_logger("service.relay")
+
+POLL_SECONDS = 0.1
+INBOX_SECONDS = 0.25
+ALIVE_SECONDS = 6  # a worker's heartbeat lives this long, renewed every third of it
+LEASE_MS = 3000  # a follower's claim that someone reads the stream
+RUNNING_TTL = 120  # seconds the keys of a running generation live, renewed while it runs
+
+
+class Relay:
+    def __init__(self, store: Store, window: float) -> None:
+        self.store = store
+        self.window_ms = max(1, int(window * 1000))
+        self.worker = secrets.token_hex(8)
+        self._running: dict[str, Generation] = {}  # published from here while they run
+        self._published: dict[Generation, int] = {}  # the last entry sent of each
+        self._dirty: set[Generation] = set()
+        self._in_flight: dict[Generation, asyncio.Future[None]] = {}  # sent, unanswered
+        self._behind: set[Generation] = set()  # appended to meanwhile: publish when it is
+        self._flush_scheduled = False
+        self._chores: asyncio.Task[None] | None = None
+
+    # --- publishing this worker's generations -------------------------------------------
+
+    def started(self, generation: Generation) -> None:
+        self._running[generation.id] = generation
+        self._published[generation] = 0
+        if self._chores is None or self._chores.done():
+            self._chores = asyncio.ensure_future(self._keep_up())
+
+    def appended(self, generation: Generation) -> None:
+        self._dirty.add(generation)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for generation in dirty:
+            self._publish(generation)
+
+    def _publish(self, generation: Generation) -> None:
+        """Send what the generation appended since its last publish. One publish per
+        generation is in flight at a time: the Store may send the next batch on another
+        connection before the last is answered, and a log entry that reached Redis after a
+        newer one would be refused (its id no longer the newest), leaving a hole that a
+        resume elsewhere would skip over. What is appended meanwhile goes next, together."""
+        if generation in self._in_flight:
+            self._behind.add(generation)
+            return
+        published = self._published.get(generation)
+        if published is None:
+            return  # ended and published whole already
+        glog = generation.log
+        entries = glog.since(published)
+        log_key, meta_key, _ = keys.stream(generation.user, generation.id)
+        commands: list[tuple[Any, ...]] = []
+        if published == 0:
+            meta = ("user", generation.user, "worker", self.worker, "state", "running")
+            commands.append(("HSET", meta_key, *meta))
+        if entries:
+            wires = b"".join([entry.wire for entry in entries])
+            names = " ".join([entry.name for entry in entries])
+            first, last = entries[0].seq, entries[-1].seq
+            commands.append(("XADD", log_key, f"{first}-1", "w", wires, "n", names, "l", last))
+            self._published[generation] = last
+            if glog.base:  # the generation dropped its oldest: so does the log
+                commands.append(("XTRIM", log_key, "MINID", f"{glog.base + 1}-0"))
+        ttl = self.window_ms if generation.ended else RUNNING_TTL * 1000
+        if generation.ended:
+            commands.append(("HSET", meta_key, "state", "ended"))
+            del self._published[generation]
+        commands += [("PEXPIRE", log_key, ttl), ("PEXPIRE", meta_key, ttl)]
+        sent = self.store.send("resume", *commands)
+        if sent is not None:  # None: Redis is down, and nothing is on its way
+            self._in_flight[generation] = sent
+            sent.add_done_callback(lambda _: self._landed(generation))
+
+    def _landed(self, generation: Generation) -> None:
+        del self._in_flight[generation]
+        if generation in self._behind:
+            self._behind.discard(generation)
+            self._publish(generation)
+
+    def ended(self, generation: Generation) -> bool:
+        """Its last events and its end go out now; its keys live a window more, and a
+        resume is served from them: nothing is kept in this worker. (The inbox poll stops
+        by itself within INBOX_SECONDS when no generation is left; stopping it at once cost
+        a new poller, and a round trip, per stream.)"""
+        self._dirty.discard(generation)
+        self._publish(generation)
+        self._running.pop(generation.id, None)
+        return True
+
+    async def _keep_up(self) -> None:
+        """While this worker runs generations: take stops from its inbox, keep its
+        heartbeat, and keep its generations' keys alive."""
+        inbox, alive = keys.worker_inbox(self.worker), keys.worker_alive(self.worker)
+        beats = 0
+        while self._running:
+            if beats % int(ALIVE_SECONDS / 3 / INBOX_SECONDS) == 0:
+                self.store.send("resume", ("SET", alive, 1, "EX", ALIVE_SECONDS), urgent=True)
+            if beats % int(RUNNING_TTL / 3 / INBOX_SECONDS) == 0 and beats:
+                for generation in list(self._running.values()):
+                    # Its keys' lives renewed in turn with its publishes: a renewal must
+                    # not land after its end has shortened them to the window.
+                    self._publish(generation)
+            beats += 1
+            stops: Any = await self.store.execute("resume", "LPOP", inbox, 64, fallback=None)
+            for raw in stops or ():
+                stopped = self._running.get(raw.decode(errors="replace"))
+                if stopped is not None:
+                    stopped.stop("cancelled")
+            await asyncio.sleep(INBOX_SECONDS)
+
+    async def read_elsewhere(self, generation: Generation) -> bool:
+        _, _, readers = keys.stream(generation.user, generation.id)
+        found = await self.store.execute("resume", "EXISTS", readers, fallback=0)
+        return bool(found)
+
+    # --- reaching generations that run elsewhere ----------------------------------------
+
+    async def _meta(self, stream_id: str, user: str) -> dict[bytes, bytes] | None:
+        _, meta_key, _ = keys.stream(user, stream_id)
+        raw: Any = await self.store.execute("resume", "HGETALL", meta_key, fallback=None)
+        if not raw:
+            return None
+        # A map under RESP3 (redis-py's default now), a flat list under RESP2.
+        meta = raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=True))
+        return meta if meta.get(b"user") == user.encode() else None
+
+    async def stop(self, stream_id: str, user: str) -> bool:
+        meta = await self._meta(stream_id, user)
+        if meta is None:
+            return False
+        if meta.get(b"state") == b"running":
+            inbox = keys.worker_inbox(meta[b"worker"].decode())
+            await self.store.execute("resume", "RPUSH", inbox, stream_id, fallback=None)
+            await self.store.execute("resume", "PEXPIRE", inbox, 60_000, fallback=None)
+        return True
+
+    async def follow(self, stream_id: str, user: str, after: int) -> Followed | None:
+        meta = await self._meta(stream_id, user)
+        if meta is None:
+            return None
+        log_key, _, _ = keys.stream(user, stream_id)
+        chunks: Any = await self.store.execute("resume", "XRANGE", log_key, "-", "+", fallback=None)
+        history: list[tuple[str, bytes]] = []
+        first = 0
+        last_chunk: bytes | None = None
+        for chunk_id, fields in chunks or ():
+            start, taken = _taken(chunk_id, fields)
+            if not history:
+                first = start
+            history += taken[max(0, first + len(history) - start) :]
+            last_chunk = chunk_id
+        base = first - 1 if history else 0
+        if not base <= after <= base + len(history):
+            return None
+        worker = meta.get(b"worker", b"").decode()
+        source = self._following(stream_id, user, worker, last_chunk, base + len(history))
+        return Followed(first or 1, history, source)
+
+    async def _following(
+        self, stream_id: str, user: str, worker: str, last_chunk: bytes | None, last_seq: int
+    ) -> AsyncIterator[Event]:
+        """The events of a stream running on `worker`, after `last_seq`, as they come."""
+        log_key, meta_key, readers = keys.stream(user, stream_id)
+        alive_key = keys.worker_alive(worker)
+        try:
+            while True:
+                start = f"({last_chunk.decode()}" if last_chunk else "-"
+                self.store.send("resume", ("SET", readers, 1, "PX", LEASE_MS), urgent=True)
+                chunks, state, alive = await asyncio.gather(
+                    self.store.execute("resume", "XRANGE", log_key, start, "+", fallback=None),
+                    self.store.execute("resume", "HGET", meta_key, "state", fallback=b"running"),
+                    self.store.execute("resume", "EXISTS", alive_key, fallback=1),
+                )
+                for chunk_id, fields in chunks or ():
+                    last_chunk = chunk_id
+                    start_seq, taken = _taken(chunk_id, fields)
+                    for name, wire in taken[max(0, last_seq + 1 - start_seq) :]:
+                        last_seq += 1
+                        event = events.decode(wire)
+                        yield event
+                        if name in events.TERMINAL:
+                            return
+                if not chunks and (state == b"ended" or not alive):
+                    # Ended without a last event we can see, or its worker died mid-way.
+                    yield INTERRUPTED
+                    return
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            self.store.send("resume", ("DEL", readers))
+
+    async def aclose(self) -> None:
+        """Stop the chores, and let the last publishes land before the Store closes: a
+        generation's end (its `shutdown` event) may still wait behind an earlier one."""
+        if self._chores is not None:
+            self._chores.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._chores
+        while self._in_flight:
+            done, _ = await asyncio.wait(self._in_flight.values(), timeout=self.store.give_up)
+            if not done:
+                return  # Redis gives no answer: the Store's close ends them
+
+
+def _taken(
+    chunk_id: bytes, fields: list[bytes] | dict[bytes, bytes]
+) -> tuple[int, list[tuple[str, bytes]]]:
+    """One log entry: the number of its first event, and each event's name and bytes."""
+    values = (
+        fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
+    )
+    blocks = events.blocks(values.get(b"w", b""))
+    names_field = values.get(b"n")
+    names = names_field.decode().split(" ") if names_field else [events.name_of(b) for b in blocks]
+    return int(chunk_id.split(b"-")[0]), list(zip(names, blocks, strict=True))

@@ -1,0 +1,94 @@
+"""A generation's log and its cursors (service/log.py): entries in order, trimmed to their
+byte bound, and a writer held back by a reader too far behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+from service.log import LAG_BYTES, Log
+
+
+def _wire(n: int, size: int = 10) -> bytes:
+    return b"%d:" % n + b"x" * (size - len(b"%d:" % n))
+
+
+def test_entries_are_numbered_from_one_and_readers_start_where_they_ask() -> None:
+    log = Log()
+    for n in range(1, 6):
+        log.append("content", _wire(n))
+    assert [e.seq for e in log.entries] == [1, 2, 3, 4, 5]
+    assert log.last_seq == 5
+    cursor = log.attach(after=3)
+    assert [e.seq for e in cursor.available()] == [4, 5]
+    cursor.sent(log.entries[-1])
+    assert cursor.available() == []
+    assert log.readers == 1
+    log.detach(cursor)
+    assert log.readers == 0
+
+
+def test_the_log_keeps_at_most_its_bytes_and_refuses_readers_from_before_them() -> None:
+    log = Log(max_bytes=35)
+    for n in range(1, 11):
+        log.append("content", _wire(n))
+    assert [e.seq for e in log.entries] == [8, 9, 10]
+    assert log.base == 7
+    assert not log.retains(6)
+    assert log.retains(7) and log.retains(10)
+    assert not log.retains(11)
+    assert [e.seq for e in log.since(2)] == [8, 9, 10]  # from the first retained
+
+
+def test_a_log_made_elsewhere_can_start_past_one() -> None:
+    log = Log(base=40)
+    entry = log.append("content", _wire(41))
+    assert entry.seq == 41 and log.retains(40) and not log.retains(39)
+
+
+def test_a_waiting_reader_wakes_on_an_append_and_on_the_close() -> None:
+    async def body() -> tuple[list[int], bool]:
+        log = Log()
+        cursor = log.attach()
+        waiting = asyncio.ensure_future(cursor.wait())
+        await asyncio.sleep(0)
+        assert log.waiting == 1
+        log.append("content", _wire(1))
+        await asyncio.wait_for(waiting, 1)
+        seen = [e.seq for e in cursor.available()]
+        waiting = asyncio.ensure_future(cursor.wait())
+        await asyncio.sleep(0)
+        log.close()
+        await asyncio.wait_for(waiting, 1)
+        await cursor.wait()  # closed: returns at once
+        return seen, log.closed
+
+    assert asyncio.run(body()) == ([1], True)
+
+
+def test_a_reader_too_far_behind_holds_the_writer_back_until_it_catches_up() -> None:
+    async def body() -> tuple[bool, bool, bool]:
+        log = Log()
+        cursor = log.attach()
+        while log.total <= LAG_BYTES + LAG_BYTES // 2:
+            log.append("content", _wire(log.last_seq + 1, 1000))
+        held = log.held_back is not None
+        assert log.held_back is not None
+        waiting = log.held_back
+        for entry in log.entries:
+            cursor.sent(entry)
+        return held, waiting.done(), log.held_back is None
+
+    assert asyncio.run(body()) == (True, True, True)
+
+
+def test_a_writer_held_back_is_released_when_the_slow_reader_leaves() -> None:
+    async def body() -> bool:
+        log = Log()
+        cursor = log.attach()
+        while log.held_back is None:
+            log.append("content", _wire(log.last_seq + 1, 1000))
+        waiting = log.held_back
+        log.detach(cursor)
+        return waiting.done()
+
+    assert asyncio.run(body())
