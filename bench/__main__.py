@@ -160,7 +160,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def run_load(port: int, concurrency: int, seconds: float, tokens_file: str) -> dict[str, float]:
+def run_load(
+    port: int, concurrency: int, seconds: float, tokens_file: str, openai: bool = False
+) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         proc = client(
             [
@@ -173,6 +175,7 @@ def run_load(port: int, concurrency: int, seconds: float, tokens_file: str) -> d
                 str(seconds),
                 "--out",
                 out.name,
+                *(["--openai"] if openai else []),
             ],
             tokens_file,
         )
@@ -194,12 +197,17 @@ def run_load(port: int, concurrency: int, seconds: float, tokens_file: str) -> d
 
 
 def median_run(
-    port: int, concurrency: int, seconds: float, tokens_file: str, repeat: int
+    port: int,
+    concurrency: int,
+    seconds: float,
+    tokens_file: str,
+    repeat: int,
+    openai: bool = False,
 ) -> dict[str, float]:
     """A shared 2-core VM is noisy (runs of the same build differ by a third): report the
     run with the median events/s of several."""
     runs = sorted(
-        (run_load(port, concurrency, seconds, tokens_file) for _ in range(repeat)),
+        (run_load(port, concurrency, seconds, tokens_file, openai) for _ in range(repeat)),
         key=lambda run: run["events_per_s"],
     )
     return runs[len(runs) // 2]
@@ -268,6 +276,21 @@ def run_paced(kind: str, tokens_file: str, redis_url: str | None) -> dict[str, A
                 break
             sustained = streams
     return {"sustained_streams": sustained, "levels": levels}
+
+
+def openai_route(tokens_file: str, seconds: float, repeat: int, redis_url: str) -> dict[str, Any]:
+    """The same service at concurrency 10, `/chat` and `/v1/chat/completions` alternated
+    twice: the same path with another encoder, so about the same events a second."""
+    figures: dict[str, list[float]] = {"chat": [], "openai": []}
+    with server("service", 0.0, redis_url) as (port, _):
+        run_load(port, 10, 1.0, tokens_file)  # warm-up, discarded
+        run_load(port, 10, 1.0, tokens_file, openai=True)
+        for _ in range(2):
+            for name in figures:
+                run = median_run(port, 10, seconds, tokens_file, repeat, name == "openai")
+                figures[name].append(run["events_per_s"])
+    means = {name: sum(values) / len(values) for name, values in figures.items()}
+    return {**means, "runs": figures}
 
 
 # Out of reach: every stream is reserved and settled, none refused.
@@ -349,6 +372,7 @@ def main() -> None:
                     figures["paced"] = run_paced(kind, tokens.name, redis_url)
                 results[kind] = figures
                 print(f"measured {kind}", file=sys.stderr, flush=True)
+            results["openai"] = openai_route(tokens.name, args.seconds, args.repeat, redis.url)
             if args.budget:
                 results["budget"] = compare(
                     tokens.name,
@@ -400,6 +424,12 @@ def table(results: dict[str, Any]) -> str:
         f"({memory['first_content_p50_ms']:.2f} ms without it), streams/s "
         f"{redis['streams_per_s'] / memory['streams_per_s']:.2f}x"
     )
+    if "openai" in results:
+        openai = results["openai"]
+        rows.append(
+            f"OpenAI's route at c=10: events/s {openai['openai']:.0f}, "
+            f"{openai['chat']:.0f} on /chat: {openai['openai'] / openai['chat']:.2f}x"
+        )
     if "budget" in results:
         budget = results["budget"]
         rows.append(

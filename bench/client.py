@@ -1,11 +1,12 @@
 """An SSE load client lean enough not to be the bottleneck: one asyncio Protocol per
 connection, HTTP/1.1 keep-alive, chunked decoding by hand, events counted, not parsed.
 
-    python -m bench.client load HOST PORT --concurrency 10 --seconds 4 --tokens FILE
+    python -m bench.client load HOST PORT --concurrency 10 --seconds 4 --tokens FILE [--openai]
     python -m bench.client idle HOST PORT --streams 5000 --tokens FILE
     python -m bench.client paced HOST PORT --streams 1000 --tokens FILE
 
-`load` prints one JSON object with per-stream samples; `idle` opens the streams, prints
+`load` prints one JSON object with per-stream samples (`--openai`: each a streamed
+`POST /v1/chat/completions` instead of `GET /chat/...`); `idle` opens the streams, prints
 `READY <n>` once each has its first event, and holds them until stdin closes; `paced` opens
 the streams (each emitting events at a model's pace, set on the server) and prints the gaps
 between one content event and the next as the client saw them.
@@ -22,6 +23,7 @@ import time
 from dataclasses import dataclass
 
 CONTENT = b"event: content"
+OPENAI_CONTENT = b'"delta":{"content"'
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Sample:
 
 
 class SSEConnection(asyncio.Protocol):
+    content = CONTENT  # what marks a content event, first seen
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
@@ -122,7 +126,7 @@ class SSEConnection(asyncio.Protocol):
         joined = self.tail + payload
         sample.events += joined.count(b"\n\n") - self.tail.count(b"\n\n")
         self.tail = payload[-1:]
-        if not sample.first_content and CONTENT in payload:
+        if not sample.first_content and self.content in payload:
             sample.first_content = now - self.sent_at
         if sample.events and self.first_event is not None and not self.first_event.done():
             self.first_event.set_result(None)
@@ -177,18 +181,39 @@ def _request(path: str, token: str) -> bytes:
     ).encode()
 
 
-async def load(host: str, port: int, concurrency: int, seconds: float, tokens: list[str]) -> dict:
+def _completion(message: str, token: str) -> bytes:
+    body = json.dumps(
+        {"model": "demo", "messages": [{"role": "user", "content": message}], "stream": True}
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+class CompletionConnection(SSEConnection):
+    content = OPENAI_CONTENT
+
+
+async def load(
+    host: str, port: int, concurrency: int, seconds: float, tokens: list[str], openai: bool
+) -> dict:
     loop = asyncio.get_running_loop()
+    kind = CompletionConnection if openai else SSEConnection
     counter = itertools.count()
     samples: list[Sample] = []
     deadline = 0.0
 
     async def worker(index: int) -> None:
-        _, conn = await loop.create_connection(SSEConnection, host, port)
+        _, conn = await loop.create_connection(kind, host, port)
         token = tokens[index % len(tokens)]
         while time.perf_counter() < deadline:
             n = next(counter)
-            sample = await conn.request(_request(f"/chat/bench-{index}-{n}", token))
+            message = f"bench-{index}-{n}"
+            raw = _completion(message, token) if openai else _request(f"/chat/{message}", token)
+            sample = await conn.request(raw)
             if not sample.ok:
                 samples.append(sample)
                 return
@@ -239,6 +264,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--tokens", required=True)
     parser.add_argument("--out", help="write the load result here instead of stdout")
+    parser.add_argument("--openai", action="store_true", help="load /v1/chat/completions")
     args = parser.parse_args()
     with open(args.tokens) as file:
         tokens = json.load(file)
@@ -249,7 +275,9 @@ def main() -> None:
     except ImportError:
         pass
     if args.mode == "load":
-        result = asyncio.run(load(args.host, args.port, args.concurrency, args.seconds, tokens))
+        result = asyncio.run(
+            load(args.host, args.port, args.concurrency, args.seconds, tokens, args.openai)
+        )
         if args.out:
             with open(args.out, "w") as out:
                 json.dump(result, out)

@@ -37,8 +37,19 @@ python=${PYTHON:-python3}
 bash scripts/install-deploy-tools.sh
 # Third-party programs the tests talk to (a real SSE client, a real OpenID provider),
 # exactly as locked.
-[[ -d tests/peers/node_modules/eventsource && -d tests/peers/node_modules/oidc-provider ]] ||
+[[ -d tests/peers/node_modules/eventsource && -d tests/peers/node_modules/oidc-provider &&
+    -d tests/peers/node_modules/openai ]] ||
     npm ci --prefix tests/peers --no-audit --no-fund --loglevel=error
+# The LiteLLM proxy, a peer too, in a venv of its own (it pins its own server stack),
+# made again whenever its lock changes.
+litellm_lock=$(sha256sum requirements/litellm.lock | cut -c1-16)
+if [[ "$(cat .tools/litellm/.lock 2>/dev/null)" != "$litellm_lock" ]]; then
+    rm -rf .tools/litellm
+    "$python" -m venv .tools/litellm
+    .tools/litellm/bin/python -m pip install -q --disable-pip-version-check \
+        --require-hashes -r requirements/litellm.lock
+    echo "$litellm_lock" > .tools/litellm/.lock
+fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

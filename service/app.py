@@ -27,7 +27,17 @@ from .cors import CORS
 from .observability.logging import access_logger, get_logger
 from .observability.middleware import RequestContext
 from .page import STATIC_DIR
-from .routes import chat, conversations, health, metrics, pages, signin, streams, usage
+from .routes import (
+    chat,
+    completions,
+    conversations,
+    health,
+    metrics,
+    pages,
+    signin,
+    streams,
+    usage,
+)
 from .services import build
 from .shutdown import Drain
 
@@ -80,6 +90,7 @@ def create_fastapi(settings: Settings | None = None) -> FastAPI:
         pages.router,
         streams.router,  # before chat's: `/chat/{message}` matches `/chat/streams/...` too
         chat.router,
+        completions.router,
         conversations.router,
         usage.router,
         signin.router,
@@ -122,7 +133,7 @@ class MetricsPortSplit:
             else:
                 allowed = path != "/metrics"
             if not allowed:
-                response = errors.error_response(404, "Not Found")
+                response = errors.error_response(404, "Not Found", None, path)
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

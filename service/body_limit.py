@@ -57,7 +57,8 @@ class BodyLimit:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        response = error_response(413, f"request body is larger than {self.max_bytes} bytes")
+        detail = f"request body is larger than {self.max_bytes} bytes"
+        response = error_response(413, detail, None, scope["path"])
         await response(scope, _disconnected, send)
 
 

@@ -250,10 +250,14 @@ class TokenBudgets:
     def _standing(self, used: int, reset_ms: int, held: int) -> Standing:
         return Standing(self.limit, used, held, max(0, math.ceil(reset_ms / 1000)))
 
-    async def reserve(self, user: str, prompt_tokens: int) -> Reservation:
-        """Reserve the prompt's estimate and the most the reply may take. `fits` False:
-        refused, nothing held. Redis unreachable: fits, uncounted (fail open)."""
-        tokens = prompt_tokens + self.max_output_tokens
+    async def reserve(
+        self, user: str, prompt_tokens: int, output_tokens: int | None = None
+    ) -> Reservation:
+        """Reserve the prompt's estimate and the most the reply may take (the request's own
+        limit when it is lower). `fits` False: refused, nothing held. Redis unreachable:
+        fits, uncounted (fail open)."""
+        output = min(output_tokens or self.max_output_tokens, self.max_output_tokens)
+        tokens = prompt_tokens + output
         reservation = Reservation(user, secrets.token_hex(8), 0, True, self._open_standing())
         return await self.top_up(reservation, tokens)
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.types import Receive
 
@@ -33,9 +35,10 @@ from .errors import (
     Unavailable,
     UpstreamFailed,
 )
-from .events import Event
+from .events import EVENTS, Codec, Event
 from .generation import Generation
 from .generations import Crowded, Generations
+from .log import Cursor
 from .observability import metrics
 from .observability.logging import get_logger
 from .record import RequestRecord
@@ -53,6 +56,25 @@ STREAM_ID = re.compile(r"[A-Za-z0-9_-]{22}")
 LAST_EVENT_ID = re.compile(r"([A-Za-z0-9_-]{22}):([0-9]{1,9})")
 # A reader leaves when its client does; there is no better moment to name.
 READERS_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What a client asks for, on either surface: the newest message and what came before
+    it (an OpenAI client's messages; a conversation's are read after admission), the
+    model, the reply's own token limit and other fields for the upstream, what makes two
+    requests the same for the cache (default: the message), the codec its stream is
+    written in, and the surface's own rate-limit headers."""
+
+    message: str
+    history: Sequence[Turn] = ()
+    conversation_id: str | None = None
+    model: str | None = None
+    max_tokens: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    subject: str | None = None
+    codec: Codec = EVENTS
+    limits: Callable[[dict[str, str]], dict[str, str]] | None = None
 
 
 class Chat:
@@ -87,43 +109,78 @@ class Chat:
             raise InvalidInput(f"message is longer than {self.max_message_chars} characters")
 
     async def respond(
-        self,
-        receive: Receive,
-        record: RequestRecord,
-        user: str,
-        message: str,
-        conversation_id: str | None = None,
-        no_cache: bool = False,
+        self, receive: Receive, record: RequestRecord, user: str, ask: Ask, no_cache: bool = False
     ) -> EventStream:
         """Admit the request, start its generation, and answer with a stream that reads it."""
+        generation, cursor, headers = await self.start(receive, record, user, ask, no_cache)
+        return self.responses.respond(generation, cursor, headers)
+
+    async def complete(
+        self, receive: Receive, record: RequestRecord, user: str, ask: Ask, no_cache: bool = False
+    ) -> tuple[Generation, dict[str, str]]:
+        """Admit the request and read its generation to the end, for an answer in one piece
+        (it holds its stream slot meanwhile); ClientGone if the client leaves first, which
+        leaves the generation as a dropped stream does."""
+        generation, cursor, headers = await self.start(receive, record, user, ask, no_cache)
+        reading = asyncio.ensure_future(_read_to_end(cursor))
+        leaving = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({reading, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            leaving.cancel()
+            reading.cancel()
+            self.generations.leave(generation, cursor)
+        if not generation.ended:
+            raise ClientGone("the client closed the request")
+        record.usage = generation.usage
+        return generation, headers
+
+    async def start(
+        self, receive: Receive, record: RequestRecord, user: str, ask: Ask, no_cache: bool
+    ) -> tuple[Generation, Cursor, dict[str, str]]:
         asking = Asking(
             user,
-            message,
-            prompt_tokens=estimate_prompt((message,)),
-            conversation_id=conversation_id,
+            ask.subject or ask.message,
+            model=ask.model,
+            prompt_tokens=estimate_prompt([*(t.content for t in ask.history), ask.message]),
+            output_tokens=ask.max_tokens,
+            conversation_id=ask.conversation_id,
             no_cache=no_cache,
             timing=record.timing,
         )
-        admitted = await self.admission.admit(asking)
+        try:
+            admitted = await self.admission.admit(asking)
+        except TooManyRequests as refused:
+            if ask.limits is not None:  # the surface's own rate-limit headers, here too
+                refused.headers = ask.limits(refused.headers)
+            raise
         ticket: CacheTicket = admitted.holding(self.ticket_gate)
         record.cache = ticket.mode
-        finisher = ChatFinisher(admitted, ticket, self.conversations, user, message)
+        finisher = ChatFinisher(admitted, ticket, self.conversations, user, ask)
         try:
-            if conversation_id is not None:
-                await finisher.open_conversation(conversation_id)
-            history = finisher.conversation[1].history if finisher.conversation else ()
-            chat = ChatRequest(message=message, history=history)
+            history = list(ask.history)
+            if ask.conversation_id is not None:
+                history += await finisher.open_conversation(ask.conversation_id)
+            chat = ChatRequest(ask.message, history, ask.model, ask.max_tokens, ask.params)
             source = await self.cache.source(
                 ticket, lambda: open_unless_gone(receive, self.backend, chat)
             )
         except BaseException:
             admitted.release()  # nothing will stream: hand back what admission took
             raise
-        generation, cursor = self.generations.start(user, source, finisher, ticket.mode)
-        return self.responses.respond(generation, cursor, admitted.headers())
+        generation, cursor = self.generations.start(user, source, finisher, ticket.mode, ask.codec)
+        record.stream_id = generation.id
+        headers = admitted.headers()
+        return generation, cursor, ask.limits(headers) if ask.limits else headers
 
     async def resume(
-        self, record: RequestRecord, user: str, stream_id: str, after: int
+        self,
+        record: RequestRecord,
+        user: str,
+        stream_id: str,
+        after: int,
+        codec: str | None = None,
+        limits: Callable[[dict[str, str]], dict[str, str]] | None = None,
     ) -> EventStream:
         """The events of `user`'s stream after entry `after`, then the live rest. Spends one
         from the user's resumes (CHAT_RESUME_RATE_LIMIT, found or not: each re-reads and
@@ -138,6 +195,9 @@ class Chat:
             raise TooManyRequests(
                 "this stream has as many readers as it may", READERS_RETRY_AFTER
             ) from None
+        if found is not None and codec is not None and found[0].codec.name != codec:
+            self.generations.leave(*found)  # a stream of the other surface: not this one's
+            found = None
         if found is None:
             metrics.stream_resumes.labels("not_found").inc()
             raise NotFoundError(NOT_FOUND)
@@ -150,10 +210,15 @@ class Chat:
             self.generations.leave(generation, cursor)
             raise
         headers["X-Cache"] = generation.cache_mode
-        return self.responses.respond(generation, cursor, headers)
+        return self.responses.respond(generation, cursor, limits(headers) if limits else headers)
 
     async def resume_from_header(
-        self, record: RequestRecord, user: str, last_event_id: str
+        self,
+        record: RequestRecord,
+        user: str,
+        last_event_id: str,
+        codec: str | None = None,
+        limits: Callable[[dict[str, str]], dict[str, str]] | None = None,
     ) -> EventStream:
         """A chat request that carries a `Last-Event-ID` (EventSource-style clients
         reconnect so): it resumes that stream instead of starting another, or is a 404."""
@@ -161,7 +226,7 @@ class Chat:
         if parsed is None:
             metrics.stream_resumes.labels("not_found").inc()
             raise NotFoundError(NOT_FOUND)
-        return await self.resume(record, user, *parsed)
+        return await self.resume(record, user, *parsed, codec=codec, limits=limits)
 
     async def stop(self, user: str, stream_id: str) -> None:
         """Stop `user`'s generation wherever it runs; 404 if there is none."""
@@ -213,6 +278,20 @@ async def open_unless_gone(
     raise ClientGone("the client closed the request")
 
 
+async def _read_to_end(cursor: Cursor) -> None:
+    """Read a log as a response would, to its end, for an answer in one piece (a reader
+    that never read would hold its generation back)."""
+    log = cursor.log
+    while True:
+        batch = cursor.available()
+        if batch:
+            cursor.sent(batch[-1])
+        elif log.closed:
+            return
+        else:
+            await cursor.wait()
+
+
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -229,16 +308,16 @@ class ChatFinisher:
         ticket: CacheTicket,
         conversations: Conversations,
         user: str,
-        message: str,
+        ask: Ask,
     ) -> None:
         self.admitted = admitted
         self.ticket = ticket
         self.conversations = conversations
         self.user = user
-        self.message = message
+        self.message = ask.message
         self.conversation: tuple[str, Opened] | None = None
 
-    async def open_conversation(self, conversation_id: str) -> None:
+    async def open_conversation(self, conversation_id: str) -> list[Turn]:
         """Read its history (creating it if new): 404 for another user's, 503 when the
         store is away; its tokens are reserved on top (429 when they do not fit)."""
         try:
@@ -251,6 +330,7 @@ class ChatFinisher:
         history = sum(TOKENS_PER_MESSAGE + estimate(turn.content) for turn in opened.history)
         self.admitted.asking.prompt_tokens += history
         await self.admitted.grow(history)
+        return opened.history
 
     def account(self, generation: Generation, reported: object = None) -> Usage:
         """The generation's tokens, counted once: none for a replayed reply, else the
@@ -302,5 +382,5 @@ class ChatFinisher:
             and done.name == "done"
             and done.data.get("reason") in NATURAL_ENDS
         )
-        blob = entry_of(e.wire for e in generation.log.entries[1:]) if natural else None
+        blob = entry_of(generation) if natural else None
         self.admitted.release(Ending(self.account(generation), blob))

@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     sse_send_timeout: float = Field(30.0, gt=0, le=3600)
 
     backend: Literal["demo", "openai"] = "demo"
+    # The models /v1 serves (CHAT_MODELS); empty: the upstream's CHAT_OPENAI_MODEL, or `demo`.
+    models: Annotated[list[str], NoDecode] = []
     demo_delay_scale: float = Field(1.0, ge=0, le=100)
     openai_base_url: str | None = None
     openai_api_key: str | None = None
@@ -96,9 +98,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.1"]
 
-    _split = field_validator("jwt_algorithms", "cors_origins", "trusted_proxies", mode="before")(
-        _csv
-    )
+    _split = field_validator(
+        "jwt_algorithms", "cors_origins", "trusted_proxies", "models", mode="before"
+    )(_csv)
 
     @field_validator(
         "jwt_secret",
@@ -175,6 +177,16 @@ class Settings(BaseSettings):
     @property
     def symmetric(self) -> bool:
         return self.jwt_algorithms[0] in HS_ALGORITHMS
+
+    @property
+    def default_model(self) -> str:
+        """The model a request that names none is answered by: the upstream's, or `demo`."""
+        return self.openai_model if self.backend == "openai" and self.openai_model else "demo"
+
+    @property
+    def model_names(self) -> list[str]:
+        """What `GET /v1/models` lists; a /v1 request naming another is a 404."""
+        return self.models or [self.default_model]
 
     @property
     def has_key(self) -> bool:

@@ -16,7 +16,10 @@ ALLOW_METHODS = b"GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = b"Authorization, Content-Type, Cache-Control, X-Request-ID, Last-Event-ID"
 EXPOSE_HEADERS = (
     b"X-Request-ID, X-Cache, X-Stream-ID, Retry-After, X-RateLimit-Limit, "
-    b"X-RateLimit-Remaining, X-RateLimit-Reset, RateLimit, RateLimit-Policy, Server-Timing"
+    b"X-RateLimit-Remaining, X-RateLimit-Reset, RateLimit, RateLimit-Policy, Server-Timing, "
+    # OpenAI's own, on /v1 (completions.limits).
+    b"x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests, "
+    b"x-ratelimit-limit-tokens, x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens"
 )
 MAX_AGE = b"600"
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -35,10 +35,24 @@ END = b"\n\n"
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One event: `name` goes to the `event:` field, `data` is JSON on one `data:` line."""
+    """One event: `name` goes to the `event:` field, `data` is JSON on one `data:` line.
+    `wire`: the event already encoded, as a stream followed from another worker brings it
+    (its data then matters to nobody here), to be appended as it is."""
 
     name: str
     data: dict[str, Any]
+    wire: bytes | None = None
+
+
+class Codec(Protocol):
+    """How a generation's events go on the wire. `/chat`'s is this module's (`EVENTS`);
+    `/v1/chat/completions` writes OpenAI's chunks (completions.py). Either way each event is
+    one or more SSE blocks, each with the event's `id:`, so that resuming, pings and the
+    relay work alike."""
+
+    name: str
+
+    def encode(self, event: Event, event_id: bytes) -> bytes: ...
 
 
 SHUTDOWN = Event("error", {"code": "shutdown", "message": "server is restarting"})
@@ -64,6 +78,16 @@ def encode(event: Event, event_id: bytes) -> bytes:
         data = json.dumps(event.data, separators=(",", ":")).encode()
     name = _NAMES.get(event.name) or event.name.encode()
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id, name, data)
+
+
+class _Events:
+    name = "events"
+
+    def encode(self, event: Event, event_id: bytes) -> bytes:
+        return encode(event, event_id)
+
+
+EVENTS: Codec = _Events()
 
 
 def blocks(blob: bytes) -> list[bytes]:

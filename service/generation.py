@@ -1,7 +1,8 @@
 """A generation: one reply, made once, in a task of its own, into a log that readers follow.
 
     source (backend, cache replay, an identical request's, or a stream followed from Redis)
-        -> Generation._run: each event numbered, encoded once (events.encode), appended
+        -> Generation._run: each event numbered, encoded once (by its surface's codec:
+           events.py for /chat, completions.py for /v1), appended
         -> Log (log.py) -> any number of readers, each a Cursor (the responses)
 
 What happens around its end is the chat layer's (`Finisher`: chat.py); who runs it, and
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from . import events
 from .backends import BackendError
-from .events import CANCELLED, INTERNAL, SHUTDOWN, TERMINAL, Event
+from .events import CANCELLED, EVENTS, INTERNAL, SHUTDOWN, TERMINAL, Codec, Event
 from .log import Log
 from .observability import metrics
 from .observability.logging import get_logger
@@ -86,6 +87,7 @@ class Generation:
         "_stop_reason",
         "_task",
         "cache_mode",
+        "codec",
         "ending",
         "first_content_at",
         "id",
@@ -107,8 +109,10 @@ class Generation:
         finisher: Finisher,
         publisher: Publisher,
         log: Log,
+        codec: Codec = EVENTS,
     ) -> None:
         self.id = stream_id
+        self.codec = codec
         self.user = user
         self.log = log
         self.text: list[str] = []  # every content event's text, retained or not
@@ -221,7 +225,8 @@ class Generation:
                 self._finisher.ending(self)
             self.ending = event
         log = self.log
-        log.append(name, events.encode(event, self._prefix + b"%d" % (log.last_seq + 1)))
+        wire = event.wire or self.codec.encode(event, self._prefix + b"%d" % (log.last_seq + 1))
+        log.append(name, wire)
         self._publisher.appended(self)
 
     # --- stopping it ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from .events import Event
+from .events import EVENTS, Codec, Event
 from .generation import FOLLOWING, Finisher, Generation, Publisher
 from .log import DEFAULT_MAX_BYTES, Cursor, Log
 from .observability import metrics
@@ -47,6 +47,7 @@ class Followed:
     first: int
     history: list[tuple[str, bytes]]
     source: AsyncIterator[Event]
+    codec: Codec = EVENTS  # the stream's surface's, for the events it ends with here
 
 
 class Elsewhere(Publisher, Protocol):
@@ -141,12 +142,17 @@ class Generations:
         self._checks: set[asyncio.Future[None]] = set()
 
     def start(
-        self, user: str, source: AsyncIterator[Event], finisher: Finisher, cache_mode: str
+        self,
+        user: str,
+        source: AsyncIterator[Event],
+        finisher: Finisher,
+        cache_mode: str,
+        codec: Codec = EVENTS,
     ) -> tuple[Generation, Cursor]:
         """Start a generation, with the cursor of the response that asked for it."""
         stream_id = new_stream_id()
         generation = Generation(
-            stream_id, user, source, finisher, self.elsewhere, Log(self.max_bytes)
+            stream_id, user, source, finisher, self.elsewhere, Log(self.max_bytes), codec
         )
         generation.cache_mode = cache_mode
         self._owned[stream_id] = generation
@@ -189,7 +195,9 @@ class Generations:
         history = Log(self.max_bytes, base=followed.first - 1)
         for name, wire in followed.history:
             history.append(name, wire)
-        generation = Generation(stream_id, user, followed.source, FOLLOWING, Local(), history)
+        generation = Generation(
+            stream_id, user, followed.source, FOLLOWING, Local(), history, followed.codec
+        )
         self._followed[stream_id] = generation
         cursor = history.attach(after)
         generation.start(self._unfollowed)

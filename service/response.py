@@ -206,7 +206,8 @@ class EventStream(Response):
     async def _send_event(self, send: Send, event: events.Event) -> None:
         """An event of this response's own, numbered after the last one it sent."""
         self.stats.count(event.name)
-        wire = events.encode(event, self.generation.wire_id(self.cursor.position + 1))
+        generation = self.generation
+        wire = generation.codec.encode(event, generation.wire_id(self.cursor.position + 1))
         await self._send_body(send, wire, 1)
 
     async def _send_body(self, send: Send, body: bytes, count: int) -> None:

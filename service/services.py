@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import completions
 from .admission import Admission, Gate
 from .admission.budget import BudgetGate
 from .admission.rate import RateGate, RateLimits, make_windows
@@ -22,6 +23,7 @@ from .cache import ResponseCache, make_cache
 from .chat import Chat
 from .config import Settings
 from .conversations import Conversations, make_conversations
+from .events import EVENTS, Codec
 from .generations import Elsewhere, Generations, Local
 from .observability.logging import access_logger
 from .observability.metrics import SharedCollection
@@ -86,7 +88,8 @@ def build(settings: Settings, drain: Drain) -> Services:
     conversations = make_conversations(
         store, settings.history_turns, settings.history_ttl, settings.max_conversations_per_user
     )
-    elsewhere: Elsewhere = Relay(store, settings.resume_window) if store else Local()
+    codecs: dict[str, Codec] = {EVENTS.name: EVENTS, completions.NAME: completions.FOLLOWER}
+    elsewhere: Elsewhere = Relay(store, settings.resume_window, codecs) if store else Local()
     generations = Generations(
         elsewhere,
         drain,

@@ -18,7 +18,7 @@ class BudgetGate(Plain):
         self.budgets = budgets
 
     async def take(self, asking: Asking) -> Reservation:
-        return await self.budgets.reserve(asking.user, asking.prompt_tokens)
+        return await self.budgets.reserve(asking.user, asking.prompt_tokens, asking.output_tokens)
 
     def refusal(self, held: Reservation, asking: Asking) -> TooManyRequests | None:
         if held.fits or asking.replayed:  # a cached reply costs no tokens: it holds none

@@ -26,8 +26,10 @@ class Asking:
     """One request, as the gates see it."""
 
     user: str
-    message: str
+    subject: str  # what makes two requests the same for the cache: the message, or more
+    model: str | None = None  # the model asked for (None: the backend's)
     prompt_tokens: int = 0  # the prompt's estimate (tokens.py), for the token budget
+    output_tokens: int | None = None  # the reply's own limit, when below the deployment's
     conversation_id: str | None = None  # history makes a reply particular: never cached
     no_cache: bool = False  # `Cache-Control: no-cache`
     timing: Timing = field(default_factory=Timing)

@@ -29,7 +29,7 @@ class TicketGate(Plain):
         if not self.cache.enabled or asking.conversation_id is not None:
             return CacheTicket(None, "OFF")
         scope = asking.user if self.per_user else None
-        key = cache_key(self.backend, self.model, asking.message, scope)
+        key = cache_key(self.backend, asking.model or self.model, asking.subject, scope)
         return CacheTicket(key, "BYPASS" if asking.no_cache else "MISS")
 
     async def take(self, asking: Asking) -> CacheTicket:

@@ -9,9 +9,9 @@ failures it can name once streaming, which become an `error` event. The generati
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..config import Settings
 from ..events import Event
@@ -23,14 +23,22 @@ NATURAL_ENDS = frozenset({"complete", "stop"})
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    role: str  # "user" | "assistant"
+    role: str  # "user" | "assistant" | "system"
     content: str
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
+    """The newest user message and what came before it (a conversation's turns, or an
+    OpenAI client's messages), the model asked for (None: the backend's own), the most
+    tokens the reply may take (None: CHAT_MAX_OUTPUT_TOKENS), and other fields for an
+    OpenAI-compatible upstream, as they came (sampling and whatever else)."""
+
     message: str
     history: Sequence[Turn] = field(default_factory=tuple)
+    model: str | None = None
+    max_tokens: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 class BackendError(Exception):

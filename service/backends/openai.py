@@ -68,15 +68,20 @@ class OpenAIBackend:
     def _body(self, request: ChatRequest) -> dict[str, Any]:
         messages = [{"role": t.role, "content": t.content} for t in request.history]
         messages.append({"role": "user", "content": request.message})
+        limit = min(request.max_tokens or self.max_output_tokens, self.max_output_tokens)
+        # An OpenAI client's other fields (sampling, and whatever else) go as they came;
+        # what this backend needs of the upstream is its own to say.
         body: dict[str, Any] = {
-            "model": self.model,
+            **request.params,
+            "model": request.model or self.model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
-            "max_completion_tokens": self.max_output_tokens,
+            "max_completion_tokens": limit,
         }
+        body.pop("max_tokens", None)
         if self.legacy_limit:
-            body["max_tokens"] = self.max_output_tokens
+            body["max_tokens"] = limit
         return body
 
     async def open(self, request: ChatRequest) -> AsyncIterator[Event]:

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import events
 from ..errors import UpstreamFailed
 from ..events import Event
 from ..redis import keys
+
+if TYPE_CHECKING:
+    from ..generation import Generation
 
 MAX_ENTRY_BYTES = 256 * 1024
 # The longest a waiter waits for a live leader (a very long generation).
@@ -44,10 +47,20 @@ def cache_key(backend: str, model: str, message: str, user: str | None = None) -
     )
 
 
-def entry_of(wires: Iterable[bytes]) -> bytes | None:
-    """An entry: the events as the wire has them, less each one's `id:` line (a replay
-    gives them ids of its own); None past MAX_ENTRY_BYTES. Slicing the bytes a stream has
-    already encoded costs far less than encoding its events again."""
+def entry_of(generation: Generation) -> bytes | None:
+    """An entry: a generation's events less its `start` (a replay begins its own), written
+    as /chat writes them, less each one's `id:` line (a replay gives them ids of its own);
+    None past MAX_ENTRY_BYTES. A /chat stream's own bytes, sliced: far cheaper than
+    encoding its events again. Another surface's stream is written down from what it said
+    (its thinking steps, then its text, then its end)."""
+    if generation.codec is events.EVENTS:
+        wires = [entry.wire for entry in generation.log.entries[1:]]
+    else:
+        said = [Event("thinking", {"step": step}) for step in generation.reasoning]
+        said += [Event("content", {"text": text}) for text in generation.text]
+        if generation.ending is not None:
+            said.append(generation.ending)
+        wires = [events.encode(event, b"") for event in said]
     blob = b"".join([events.without_id(wire) for wire in wires])
     return blob if len(blob) <= MAX_ENTRY_BYTES else None
 

@@ -72,7 +72,7 @@ class RequestContext:
         except Exception:
             self.log.exception("unhandled error")
             if not response["started"]:
-                failure = error_response(500, "internal error")
+                failure = error_response(500, "internal error", None, scope["path"])
                 await failure(scope, _disconnected, send_with_headers)
         finally:
             self._finish(scope, record, response["status"])

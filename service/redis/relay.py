@@ -3,7 +3,8 @@
 
 - Publishing: a generation's events go to a Redis stream (`keys.stream`: `...:log`), one
   entry per turn of the event loop (the wire bytes of the events appended in that turn,
-  their names, the entry's id the number of the first), through the Store's batches: never
+  their names and sizes, the entry's id the number of the first), through the Store's
+  batches: never
   a round trip per event. Its owner, worker and state are in `...:meta`. Both live while it
   runs and CHAT_RESUME_WINDOW after it ends, and the log is trimmed as the generation's own
   is. One publish per generation is in flight at a time (see `_publish`).
@@ -22,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import events
-from ..events import INTERRUPTED, Event
+from ..events import EVENTS, INTERRUPTED, Codec, Event
 from ..generations import Followed
 from ..observability.logging import get_logger
 from . import keys
@@ -45,8 +46,12 @@ RUNNING_TTL = 120  # seconds the keys of a running generation live, renewed whil
 
 
 class Relay:
-    def __init__(self, store: Store, window: float) -> None:
+    def __init__(
+        self, store: Store, window: float, codecs: Mapping[str, Codec] | None = None
+    ) -> None:
         self.store = store
+        # A followed stream's own events (its `shutdown`) go on the wire as its surface's.
+        self.codecs = codecs or {EVENTS.name: EVENTS}
         self.window_ms = max(1, int(window * 1000))
         self.worker = secrets.token_hex(8)
         self._running: dict[str, Generation] = {}  # published from here while they run
@@ -95,12 +100,15 @@ class Relay:
         commands: list[tuple[Any, ...]] = []
         if published == 0:
             meta = ("user", generation.user, "worker", self.worker, "state", "running")
-            commands.append(("HSET", meta_key, *meta))
+            commands.append(("HSET", meta_key, *meta, "codec", generation.codec.name))
         if entries:
             wires = b"".join([entry.wire for entry in entries])
             names = " ".join([entry.name for entry in entries])
+            # An event is one or more SSE blocks (OpenAI's end is three): each one's size.
+            sizes = " ".join([str(len(entry.wire)) for entry in entries])
             first, last = entries[0].seq, entries[-1].seq
-            commands.append(("XADD", log_key, f"{first}-1", "w", wires, "n", names, "l", last))
+            fields = ("w", wires, "n", names, "s", sizes, "l", last)
+            commands.append(("XADD", log_key, f"{first}-1", *fields))
             self._published[generation] = last
             if glog.base:  # the generation dropped its oldest: so does the log
                 commands.append(("XTRIM", log_key, "MINID", f"{glog.base + 1}-0"))
@@ -196,8 +204,9 @@ class Relay:
         if not base <= after <= base + len(history):
             return None
         worker = meta.get(b"worker", b"").decode()
+        codec = self.codecs.get(meta.get(b"codec", b"events").decode(), EVENTS)
         source = self._following(stream_id, user, worker, last_chunk, base + len(history))
-        return Followed(first or 1, history, source)
+        return Followed(first or 1, history, source, codec)
 
     async def _following(
         self, stream_id: str, user: str, worker: str, last_chunk: bytes | None, last_seq: int
@@ -219,8 +228,7 @@ class Relay:
                     start_seq, taken = _taken(chunk_id, fields)
                     for name, wire in taken[max(0, last_seq + 1 - start_seq) :]:
                         last_seq += 1
-                        event = events.decode(wire)
-                        yield event
+                        yield Event(name, {}, wire)  # as it came: the same bytes, the same id
                         if name in events.TERMINAL:
                             return
                 if not chunks and (state == b"ended" or not alive):
@@ -248,10 +256,19 @@ def _taken(
     chunk_id: bytes, fields: list[bytes] | dict[bytes, bytes]
 ) -> tuple[int, list[tuple[str, bytes]]]:
     """One log entry: the number of its first event, and each event's name and bytes."""
-    values = (
-        fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2], strict=True))
-    )
-    blocks = events.blocks(values.get(b"w", b""))
-    names_field = values.get(b"n")
-    names = names_field.decode().split(" ") if names_field else [events.name_of(b) for b in blocks]
-    return int(chunk_id.split(b"-")[0]), list(zip(names, blocks, strict=True))
+    if isinstance(fields, dict):
+        values = fields
+    else:
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
+    wires = values.get(b"w", b"")
+    sizes = values.get(b"s")
+    if sizes is not None:
+        parts, at = [], 0
+        for size in map(int, sizes.split()):
+            parts.append(wires[at : at + size])
+            at += size
+    else:  # written by a worker of an earlier release: one block an event
+        parts = events.blocks(wires)
+    named = values.get(b"n")
+    names = named.decode().split(" ") if named else [events.name_of(p) for p in parts]
+    return int(chunk_id.split(b"-")[0]), list(zip(names, parts, strict=True))

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..chat import Ask
 from ..conversations import ID_PATTERN
 from ..deps import ChatService, CurrentUser
 from ..errors import InvalidInput, UnsupportedMediaType
@@ -56,7 +57,7 @@ async def chat_get(
     if last_event_id:
         return await chat.resume_from_header(record, user.sub, last_event_id)
     chat.check(message, record)
-    return await chat.respond(request.receive, record, user.sub, message, None, _no_cache(request))
+    return await chat.respond(request.receive, record, user.sub, Ask(message), _no_cache(request))
 
 
 @router.post(
@@ -79,9 +80,8 @@ async def chat_post(request: Request, user: CurrentUser, chat: ChatService) -> E
         return await chat.resume_from_header(record, user.sub, last_event_id)
     body = await _json_body(request)
     chat.check(body.message, record)
-    return await chat.respond(
-        request.receive, record, user.sub, body.message, body.conversation_id, _no_cache(request)
-    )
+    ask = Ask(body.message, conversation_id=body.conversation_id)
+    return await chat.respond(request.receive, record, user.sub, ask, _no_cache(request))
 
 
 async def _json_body(request: Request) -> ChatBody:

@@ -313,3 +313,41 @@ def test_the_api_key_can_come_from_a_file(upstream: FakeOpenAI, tmp_path: Path) 
         assert _post(http, message).names[-1] == "done"
     seen = next(r for r in upstream.requests if r.body["messages"][-1]["content"] == message)
     assert seen.headers["authorization"] == "Bearer sk-from-a-file-8814"
+
+
+def test_v1_passes_the_model_its_fields_and_history_upstream_and_its_usage_back(
+    upstream: FakeOpenAI, svc: Service
+) -> None:
+    """Through /v1 the upstream gets the model asked for (one CHAT_MODELS names), the
+    whole message list, the sampling fields and any field it did not know, as they came,
+    the request's own output limit (capped), and the client gets the upstream's usage."""
+    env = {**dict(svc.env), "CHAT_MODELS": "test-model,other-model"}
+    env.pop("CHAT_PORT")
+    message = f"normal {uuid.uuid4()}"
+    body = {
+        "model": "other-model",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "earlier"},
+            {"role": "assistant", "content": "before"},
+            {"role": "user", "content": [{"type": "text", "text": message}]},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 50,
+        "frobnicate": {"level": 3},
+        "stream": False,
+    }
+    with running_service(env, workers=1) as v1, httpx.Client(base_url=v1.url, timeout=30) as http:
+        models = http.get("/v1/models", headers=bearer()).json()
+        answer = http.post("/v1/chat/completions", json=body, headers=bearer())
+    assert [m["id"] for m in models["data"]] == ["test-model", "other-model"]
+    assert answer.status_code == 200, answer.text
+    [seen] = [s for s in upstream.requests if s.body["messages"][-1]["content"] == message]
+    assert seen.body["model"] == "other-model"
+    assert [m["role"] for m in seen.body["messages"]] == ["system", "user", "assistant", "user"]
+    assert seen.body["temperature"] == 0.2
+    assert seen.body["frobnicate"] == {"level": 3}
+    assert seen.body["max_completion_tokens"] == 50 and seen.body["stream"] is True
+    completion = answer.json()
+    assert completion["model"] == "other-model"
+    assert completion["usage"] == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}

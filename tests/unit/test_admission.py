@@ -15,10 +15,9 @@ from service.admission.rate import MemoryWindows, RateGate, RateLimits
 from service.admission.slots import MemorySlots, SlotGate
 from service.admission.ticket import TicketGate
 from service.budgets import MemoryLedger, TokenBudgets
-from service.cache import entry_of
 from service.cache.in_memory import MemoryCache
 from service.errors import TooManyRequests
-from service.events import Event, encode
+from service.events import Event, encode, without_id
 from service.redis import keys
 from service.tokens import Usage
 
@@ -89,7 +88,7 @@ def test_the_ticket_gate_leads_a_miss_replays_a_hit_and_stays_off_for_a_conversa
         miss = await gate.take(_ask())
         assert (miss.mode, miss.leading) == ("MISS", True)
         reply = [Event("content", {"text": "x"}), Event("done", {"reason": "complete"})]
-        blob = entry_of(encode(e, b"s:%d" % n) for n, e in enumerate(reply, 2))
+        blob = b"".join(without_id(encode(e, b"s:%d" % n)) for n, e in enumerate(reply, 2))
         gate.give_back(miss, _ask(), Ending(blob=blob))
         asking = _ask()
         hit = await gate.take(asking)

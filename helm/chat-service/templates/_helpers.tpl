@@ -247,6 +247,10 @@ checks.
 {{- end }}
 - name: CHAT_BACKEND
   value: {{ .Values.backend.type | quote }}
+{{- with .Values.backend.models }}
+- name: CHAT_MODELS
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- if eq .Values.backend.type "openai" }}
 - name: CHAT_OPENAI_BASE_URL
   value: {{ .Values.backend.openai.baseUrl | quote }}
