@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from bench.chart import chart
 from tests.support.redis import running_redis
 from tests.support.redis_topologies import running_cluster
 from tests.support.service import free_port
@@ -249,33 +250,88 @@ def run_idle(kind: str, streams: int, tokens_file: str, redis_url: str | None) -
 # A model's pace: the demo's characters at 30 a second (0.03 s each, scaled), thinking
 # steps at 0.56 s: a stream lasts about 4.7 s.
 PACED_SCALE = 1 / 30 / 0.03
-PACED_LEVELS = (1000, 2000, 3000, 4000)
-PACED_WARMUP = 500
+PACED_START = (100, 250, 500, 1000)  # measured for the chart, then doubled until it fails
+PACED_LIMIT = 16000
+PACED_WARMUP = 200
 PACED_P99_MS = 100.0
+PACED_RESOLUTION = 1.1  # the search stops when the failing level is within 10% of the passing
+
+
+def server_cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """CPU time (user and system) used so far by the serving processes."""
+    children = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True
+    ).stdout.split()
+    total = 0
+    for pid in [int(p) for p in children] or [proc.pid]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def paced_level(
+    port: int, proc: subprocess.Popen[bytes], streams: int, tokens_file: str
+) -> dict[str, Any]:
+    """One level: `streams` paced streams opened over 2 s and read to their end; the p99
+    gap between content events, the first event's p99, the server's peak RSS and its CPU
+    (share of one core) over the run."""
+    before_cpu, started = server_cpu_seconds(proc), time.monotonic()
+    load = client(
+        ["paced", "127.0.0.1", str(port), "--streams", str(streams)],
+        tokens_file,
+        stdout=subprocess.PIPE,
+    )
+    peak = 0
+    while load.poll() is None:
+        peak = max(peak, server_rss_kib(proc))
+        time.sleep(0.25)  # a sample of the server's memory while the streams run
+    out, _ = load.communicate(timeout=180)
+    cpu = (server_cpu_seconds(proc) - before_cpu) / (time.monotonic() - started)
+    result = json.loads(out)
+    p99 = (result["p99_gap"] or float("inf")) * 1000
+    first = (result["p99_first"] or float("inf")) * 1000
+    return {
+        "p99_gap_ms": round(p99, 1),
+        "p99_first_event_ms": round(first, 1),
+        "ok": result["ok"],
+        "rss_mib": round(peak / 1024, 1),
+        "cpu_share": round(cpu, 3),
+        "passed": p99 < PACED_P99_MS and result["ok"] == streams,
+    }
 
 
 def run_paced(kind: str, tokens_file: str, redis_url: str | None) -> dict[str, Any]:
     """How many concurrent streams, each emitting 30 events a second, one worker keeps
-    with the 99th percentile of gaps between content events under 100 ms."""
+    with the 99th percentile of gaps between content events under 100 ms: the levels of
+    PACED_START, then doubling until one fails, then halving the interval until the failing
+    level is within 10% of the passing one."""
     levels: dict[str, Any] = {}
-    sustained = 0
-    with server(kind, PACED_SCALE, redis_url) as (port, _):
-        for streams in (PACED_WARMUP, *PACED_LEVELS):
-            proc = client(
-                ["paced", "127.0.0.1", str(port), "--streams", str(streams)],
-                tokens_file,
-                stdout=subprocess.PIPE,
-            )
-            out, _ = proc.communicate(timeout=180)
-            result = json.loads(out)
-            if streams == PACED_WARMUP:
-                continue  # a cold server's first burst is not what is measured
-            p99 = (result["p99_gap"] or float("inf")) * 1000
-            levels[str(streams)] = {"p99_gap_ms": round(p99, 1), "ok": result["ok"]}
-            if p99 >= PACED_P99_MS or result["ok"] < streams:
+    with server(kind, PACED_SCALE, redis_url) as (port, proc):
+        paced_level(port, proc, PACED_WARMUP, tokens_file)  # a cold server's first burst
+
+        def passes(streams: int) -> bool:
+            levels[str(streams)] = paced_level(port, proc, streams, tokens_file)
+            return bool(levels[str(streams)]["passed"])
+
+        passing, failing = 0, 0
+        for streams in PACED_START:
+            if not passes(streams):
+                failing = streams
                 break
-            sustained = streams
-    return {"sustained_streams": sustained, "levels": levels}
+            passing = streams
+        while not failing and passing < PACED_LIMIT:
+            streams = passing * 2
+            if passes(streams):
+                passing = streams
+            else:
+                failing = streams
+        while failing and passing and failing > passing * PACED_RESOLUTION:
+            streams = (passing + failing) // 2
+            if passes(streams):
+                passing = streams
+            else:
+                failing = streams
+    return {"sustained_streams": passing, "levels": levels}
 
 
 def openai_route(tokens_file: str, seconds: float, repeat: int, redis_url: str) -> dict[str, Any]:
@@ -391,6 +447,7 @@ def main() -> None:
     finally:
         os.unlink(tokens.name)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, ROOT / "bench" / "paced.svg")
     print(table(results))
 
 
@@ -458,12 +515,19 @@ def table(results: dict[str, Any]) -> str:
                 [float(paced[k]["sustained_streams"]) for k in ("service", "starlette", "raw")],
             )
         )
-        for level in PACED_LEVELS:
-            gaps = [paced[k]["levels"].get(str(level), {}).get("p99_gap_ms") for k in paced]
-            rows.append(
-                f"  {level:>5} streams: p99 gap ms   "
-                + "".join(f"{g if g is not None else '-':>12}" for g in gaps)
-            )
+        levels = sorted({int(n) for k in paced for n in paced[k]["levels"]})
+        rows.append(f"  {'streams: p99 gap ms / first event p99 ms / RSS MiB / CPU':<56}")
+        for level in levels:
+            cells = []
+            for k in ("service", "starlette", "raw"):
+                got = paced[k]["levels"].get(str(level))
+                cells.append(
+                    f"{got['p99_gap_ms']:.0f}/{got['p99_first_event_ms']:.0f}/"
+                    f"{got['rss_mib']:.0f}/{got['cpu_share']:.2f}"
+                    if got
+                    else "-"
+                )
+            rows.append(f"  {level:>6} " + "".join(f"{c:>24}" for c in cells))
     return "\n".join(rows)
 
 

@@ -164,6 +164,7 @@ async def paced(host: str, port: int, streams: int, tokens: list[str]) -> dict[s
 
     conns = await asyncio.gather(*(one(i) for i in range(streams)))
     gaps = sorted(gap for conn in conns for gap in conn.gaps)
+    firsts = sorted(conn.sample.first_byte for conn in conns if conn.sample.ok)
     ok = sum(conn.sample.ok for conn in conns)
     return {
         "streams": streams,
@@ -171,6 +172,7 @@ async def paced(host: str, port: int, streams: int, tokens: list[str]) -> dict[s
         "gaps": len(gaps),
         "p99_gap": gaps[int(0.99 * len(gaps))] if gaps else None,
         "max_gap": gaps[-1] if gaps else None,
+        "p99_first": firsts[int(0.99 * len(firsts))] if firsts else None,
     }
 
 

@@ -189,15 +189,12 @@ class Chat:
         expired, not retained from there, or another user's."""
         await self.resumes.spend(user)
         try:
-            found = await self.generations.resume(stream_id, user, after)
+            found = await self.generations.resume(stream_id, user, after, codec)
         except Crowded:
             metrics.rate_limited.labels("readers").inc()
             raise TooManyRequests(
                 "this stream has as many readers as it may", READERS_RETRY_AFTER
             ) from None
-        if found is not None and codec is not None and found[0].codec.name != codec:
-            self.generations.leave(*found)  # a stream of the other surface: not this one's
-            found = None
         if found is None:
             metrics.stream_resumes.labels("not_found").inc()
             raise NotFoundError(NOT_FOUND)

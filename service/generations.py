@@ -166,15 +166,21 @@ class Generations:
         return generation, cursor
 
     async def resume(
-        self, stream_id: str, user: str, after: int
+        self, stream_id: str, user: str, after: int, codec: str | None = None
     ) -> tuple[Generation, Cursor] | None:
         """A reader of `user`'s stream from after entry `after`, or None: unknown, ended
-        past its window, not retained from there, or another user's, all alike. Crowded
-        when it has `max_readers` already."""
+        past its window, not retained from there, another user's, or (`codec`) written for
+        another surface, all alike. Crowded when it has `max_readers` already."""
         generation = self._owned.get(stream_id) or self._followed.get(stream_id)
         if generation is None:
-            return await self._follow(stream_id, user, after)
+            found = await self._follow(stream_id, user, after)
+            if found is not None and codec is not None and found[0].codec.name != codec:
+                self.leave(*found)  # followed for nothing: stop following it
+                return None
+            return found
         if generation.user != user or not generation.log.retains(after):
+            return None
+        if codec is not None and generation.codec.name != codec:
             return None
         if generation.readers >= self.max_readers:
             raise Crowded
