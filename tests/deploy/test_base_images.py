@@ -7,10 +7,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .podman import REPO, STAND_IN_LABEL, Image, inspect
 from .test_dockerfile import parse
+
+# The first test to ask for the image pays for the base images and the build: minutes on
+# a new machine, where making the stand-ins alone takes one or two.
+pytestmark = pytest.mark.timeout(900)
 
 SCRIPT = REPO / "scripts" / "base-images.sh"
 CONTAINERFILE = REPO / "scripts" / "stand-ins" / "Containerfile"

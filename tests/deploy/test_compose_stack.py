@@ -22,6 +22,10 @@ from tests.support.tokens import make_token
 from .podman import Follower, Image, answers, inspect, names, podman, wait_until
 from .stack import STACK_GRACE, Stack, running_stack
 
+# The first test to ask for the image pays for the base images and the build: minutes on
+# a new machine, where making the stand-ins alone takes one or two.
+pytestmark = pytest.mark.timeout(900)
+
 IP_LIMIT = 5
 SETTINGS = {
     # Failed authentications per client address; small, so the address test reaches it.

@@ -31,6 +31,10 @@ from .podman import (
 )
 from .tools import GUNICORN_KILL_MARGIN
 
+# The first test to ask for the image pays for the base images and the build: minutes on
+# a new machine, where making the stand-ins alone takes one or two.
+pytestmark = pytest.mark.timeout(900)
+
 PRODUCTION = {"CHAT_ENV": "production", "CHAT_JWT_SECRET": secrets.token_urlsafe(48)}
 # The Dockerfile's own stage names its base; the runtime stage starts FROM this one.
 RUNTIME_BASE = "docker.io/library/python:3.11-slim-bookworm"

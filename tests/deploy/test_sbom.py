@@ -21,6 +21,10 @@ from packaging.utils import canonicalize_name
 
 from .podman import REPO, Image, podman
 
+# The first test to ask for the image pays for the base images and the build: minutes on
+# a new machine, where making the stand-ins alone takes one or two.
+pytestmark = pytest.mark.timeout(900)
+
 RELEASE = REPO / ".github" / "workflows" / "release.yml"
 LOCK = REPO / "requirements" / "runtime.lock"
 # What the runtime base image brings of its own, besides the lock: pip and its build tools.
