@@ -22,6 +22,11 @@ def image() -> Image:
         f"base images ready in {built.base_images_seconds:.1f} s, "
         f"built in {built.build_seconds:.1f} s"
     )
+    if built.stand_in:
+        FIGURES.append(
+            "NOT THE OFFICIAL BASE IMAGES: no registry answered, so the image was built on "
+            "stand-ins made from Debian's packages (scripts/base-images.sh)"
+        )
     return built
 
 
