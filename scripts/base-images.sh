@@ -15,7 +15,7 @@
 # Stand-ins are keyed by a hash of this script, scripts/stand-ins/ and the CA bundle baked
 # into the build stand-in. A stand-in of the current key in podman's storage is kept;
 # otherwise it is loaded from .tools/base-images/KEY/ (`podman save` archives, gitignored),
-# and only made anew (about 45 s) when neither has it.
+# and only made anew (one to two minutes) when neither has it.
 #
 # Needs podman, and to make stand-ins mmdebstrap and root (scripts/test.sh installs both).
 # DEBIAN_MIRROR overrides the Debian mirror (default http://deb.debian.org/debian).
