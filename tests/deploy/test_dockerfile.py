@@ -1,5 +1,6 @@
 """The Dockerfile: hadolint's verdict, and what the contract asks of the image, read from the
-file itself (no Docker engine is needed; CI's `image` job builds and runs it)."""
+file itself. test_container.py builds the image with podman and runs it; CI's `image` job
+also builds it with Docker's BuildKit."""
 
 from __future__ import annotations
 

@@ -118,3 +118,16 @@ def test_release_pushes_the_image_to_ghcr_on_version_tags() -> None:
     assert build["with"]["push"] is True
     login = next(s for s in job["steps"] if s.get("uses", "").startswith("docker/login-action@"))
     assert login["with"]["registry"] == "ghcr.io"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_a_step_that_pipes_into_tee_fails_when_its_command_does(path: Path) -> None:
+    """GitHub's default shell is `bash -e` without pipefail: `audit | tee audit.txt` took
+    tee's success for the step's, and the weekly audit passed whatever it found. A step
+    that keeps a command's output with tee names bash, which runs with pipefail."""
+    for name, job in load(path)["jobs"].items():
+        default = job.get("defaults", {}).get("run", {}).get("shell")
+        for step in job.get("steps", []):
+            if re.search(r"\|\s*tee\b", step.get("run", "")):
+                shell = step.get("shell", default)
+                assert shell == "bash", f"{name}: {step.get('name')}: shell {shell!r}"
