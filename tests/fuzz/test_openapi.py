@@ -143,11 +143,14 @@ def _completion_rule_broken(case: Any) -> bool:
     42 messages (CHAT_HISTORY_TURNS x 2 + 2) of at most 16,000 characters each."""
     if case.operation.label != "POST /v1/chat/completions" or not isinstance(case.body, dict):
         return False
-    messages = case.body.get("messages") or []
+    messages = case.body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return False  # not a list of messages: invalid by the schema itself
     texts = [_text_of(m.get("content")) for m in messages if isinstance(m, dict)]
-    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
     return (
         last.get("role") != "user"
+        or not texts
         or not texts[-1].strip()
         or len(texts[-1]) > MAX_MESSAGE_CHARS
         or len(messages) > 42
