@@ -198,6 +198,11 @@ class Generation:
             self.log.close()
             with contextlib.suppress(Exception):
                 await self._finisher.after_end(self)
+            # Kept for its resume window: only what a late reader needs, compactly (the
+            # text a string, not a string an event; the chat's objects let go).
+            self.text = ["".join(self.text)]
+            self.reasoning = ["\n".join(self.reasoning)] if self.reasoning else []
+            self._finisher = FOLLOWING
             ended(self)
 
     async def _end_stopped(self, reason: str) -> None:

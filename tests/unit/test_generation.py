@@ -55,6 +55,15 @@ def test_a_reply_that_ends_by_itself_is_done() -> None:
     assert first.startswith(b"id: " + b"s" * 22 + b":1\nevent: start\n")
 
 
+def test_an_ended_generation_keeps_its_text_as_one_string_and_lets_its_finisher_go() -> None:
+    """Kept for its resume window without Redis: the reply's text whole, not a string per
+    event, and none of the chat's objects."""
+    generation = asyncio.run(_run(_reply("content", "content", "content", "done")))
+    assert generation.text == ["xxx"]
+    assert generation.reasoning == []
+    assert generation._finisher is FOLLOWING
+
+
 def test_a_failure_the_backend_names_ends_in_its_error_event() -> None:
     failure = BackendError("upstream_timeout", "the model stopped responding")
     generation = asyncio.run(_run(_failing(failure)))
@@ -107,7 +116,8 @@ def test_within_its_window_a_generation_waits_for_a_reader_to_come_back() -> Non
         assert found is not None
         _, again = found
         await generation.wait_ended()
-        return generation.outcome, [e.name for e in again.available()]
+        batch = again.take()
+        return generation.outcome, [events.name_of(b) for b in events.blocks(batch.body)]
 
     outcome, names = asyncio.run(body())
     assert outcome == "done"
