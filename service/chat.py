@@ -280,9 +280,9 @@ async def _read_to_end(cursor: Cursor) -> None:
     that never read would hold its generation back)."""
     log = cursor.log
     while True:
-        batch = cursor.available()
-        if batch:
-            cursor.sent(batch[-1])
+        batch = cursor.take()
+        if batch.kinds:
+            cursor.sent(batch)
         elif log.closed:
             return
         else:

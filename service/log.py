@@ -2,48 +2,80 @@
 
     generation (appends) -> Log: entries, numbered from 1 -> Cursor per reader (a response)
 
+The entries are kept as their bytes, back to back in one buffer, with two arrays beside it
+(where each ends, and its name's number), not as an object each: a kept reply then costs
+about its wire size (an object per event cost three times it), and a reader takes what is
+new as one slice (`Cursor.take`), the bytes it writes as they are.
+
 Memory stays bounded two ways. A reader that falls more than LAG_BYTES behind holds the
 writer back (`held_back`, which the generation awaits after an append), as a slow client
 held back the backend before generations existed: an upstream then waits on TCP flow
 control rather than filling this worker's memory. And the log keeps at most `max_bytes` of
 encoded events (CHAT_RESUME_MAX_BYTES) for readers yet to come; older ones are dropped,
 and starting a reader from before them is refused (`retains`).
-
-An entry keeps the event's name (its outcome, for the last one) and its bytes on the wire,
-nothing more: the data is read back from the wire (events.decode) on the rare occasions it
-is needed whole.
 """
 
 from __future__ import annotations
 
 import asyncio
+from array import array
+from dataclasses import dataclass
+
+from .events import NAMES, TERMINAL
 
 # How far (in encoded bytes) a reader may fall behind before the writer waits for it.
 LAG_BYTES = 16 * 1024
 DEFAULT_MAX_BYTES = 1024 * 1024
+KINDS = {name: code for code, name in enumerate(NAMES)}
+OTHER = len(NAMES)  # a name outside NAMES (none is written today)
+TERMINAL_KINDS = frozenset(KINDS[name] for name in TERMINAL)
 
 
+@dataclass(frozen=True, slots=True)
 class Entry:
-    """One event: its number, its name, its bytes on the wire, and where those end in the
-    log's output (for measuring how far behind a reader is)."""
+    """One event, as the log gives it back: its number, its name, its bytes on the wire, and
+    where those end in the log's output."""
 
-    __slots__ = ("end", "name", "seq", "wire")
+    seq: int
+    name: str
+    wire: bytes
+    end: int
 
-    def __init__(self, seq: int, name: str, wire: bytes, end: int) -> None:
-        self.seq = seq
-        self.name = name
-        self.wire = wire
-        self.end = end
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a reader takes at once: the entries after its place, as one slice of bytes.
+    `kinds` holds each entry's name's number (events.NAMES); a batch ends at the first
+    terminal entry (`done` or `error`), which is then its last."""
+
+    body: bytes
+    kinds: bytes
+    last_seq: int
+    end: int
+
+    @property
+    def count(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def last(self) -> str | None:
+        return _name(self.kinds[-1]) if self.kinds else None
+
+
+EMPTY = Batch(b"", b"", 0, 0)
 
 
 class Log:
     __slots__ = (
+        "_buffer",
         "_cursors",
+        "_ends",
+        "_first",
+        "_kinds",
         "_lag_check_at",
-        "_retained_from",
+        "_start",
         "base",
         "closed",
-        "entries",
         "held_back",
         "max_bytes",
         "total",
@@ -51,30 +83,30 @@ class Log:
     )
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, base: int = 0) -> None:
-        self.entries: list[Entry] = []  # the retained ones; entries[0] has seq `base + 1`
-        self.base = base
+        self._buffer = bytearray()  # the retained entries' bytes; begins at output `_start`
+        self._ends = array("q")  # where each entry ends in the output; retained from `_first`
+        self._kinds = bytearray()  # each entry's name's number; retained from `_first`
+        self._first = 0  # entries before it in the arrays are dropped, not yet cut out
+        self._start = 0
+        self.base = base  # the number of the entry before the first retained one
         self.total = 0  # encoded bytes appended so far
         self.max_bytes = max_bytes
         self.closed = False  # nothing more will be appended
         self.held_back: asyncio.Future[None] | None = None  # while a reader is too far behind
         self.waiting = 0  # readers waiting for the next entry
-        self._retained_from = 0  # where entries[0] begins in the output
         self._lag_check_at = LAG_BYTES
         self._cursors: list[Cursor] = []  # a list: most logs have one reader
 
     @property
     def last_seq(self) -> int:
-        return self.base + len(self.entries)
+        return self.base + len(self._kinds) - self._first
 
-    @property
-    def last(self) -> Entry | None:
-        return self.entries[-1] if self.entries else None
-
-    def append(self, name: str, wire: bytes) -> Entry:
+    def append(self, name: str, wire: bytes) -> None:
         total = self.total = self.total + len(wire)
-        entry = Entry(self.base + len(self.entries) + 1, name, wire, total)
-        self.entries.append(entry)
-        if total - self._retained_from > self.max_bytes:
+        self._buffer += wire
+        self._ends.append(total)
+        self._kinds.append(KINDS.get(name, OTHER))
+        if total - self._start > self.max_bytes:
             self._trim()
         if self.waiting:
             self._wake()
@@ -82,7 +114,6 @@ class Log:
             self._lag_check_at = total + LAG_BYTES // 4
             if self._cursors and self.held_back is None and self.lag() > LAG_BYTES:
                 self.held_back = asyncio.get_running_loop().create_future()
-        return entry
 
     def close(self) -> None:
         """Nothing more comes: every waiting reader wakes to find the end."""
@@ -90,16 +121,22 @@ class Log:
         self._wake()
 
     def _trim(self) -> None:
-        """Keep at most `max_bytes` of entries; attached readers are never that far behind."""
+        """Keep at most `max_bytes` of entries; attached readers are never that far behind.
+        The buffer's front is cut in place (a bytearray cut at its front moves a pointer,
+        not its bytes); the arrays are cut once half of them is dropped."""
         keep_from = self.total - self.max_bytes
-        drop = 0
-        for entry in self.entries:
-            if entry.end - len(entry.wire) >= keep_from:
-                break
-            drop += 1
-        del self.entries[:drop]
-        self.base += drop
-        self._retained_from = self.entries[0].end - len(self.entries[0].wire)
+        ends, first, start = self._ends, self._first, self._start
+        last = len(ends) - 1  # the newest is kept, however large
+        while start < keep_from and first < last:
+            start = ends[first]
+            first += 1
+        del self._buffer[: start - self._start]
+        self.base += first - self._first
+        self._start, self._first = start, first
+        if first > len(ends) // 2:
+            del ends[:first]
+            del self._kinds[:first]
+            self._first = 0
 
     def _wake(self) -> None:
         for cursor in self._cursors:
@@ -107,10 +144,43 @@ class Log:
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
+    def _index(self, position: int) -> int:
+        """The array index of the entry after `position` (clamped to the retained ones)."""
+        return self._first + max(0, position - self.base)
+
+    def _offset(self, index: int) -> int:
+        """Where the entry at array `index` begins in the output."""
+        return self._ends[index - 1] if index > self._first else self._start
+
+    def take(self, position: int) -> Batch:
+        """The entries after `position` up to the first terminal one, in one slice."""
+        index = self._index(position)
+        kinds = bytes(self._kinds[index:])
+        if not kinds:
+            return EMPTY
+        for n, kind in enumerate(kinds):
+            if kind in TERMINAL_KINDS:
+                kinds = kinds[: n + 1]
+                break
+        last = index + len(kinds) - 1
+        begin, end = self._offset(index), self._ends[last]
+        body = bytes(self._buffer[begin - self._start : end - self._start])
+        return Batch(body, kinds, self.base + last - self._first + 1, end)
+
     def since(self, position: int) -> list[Entry]:
-        """The retained entries after `position` (a reader behind the retained ones gets
-        them from the first retained)."""
-        return self.entries[max(0, position - self.base) :]
+        """The retained entries after `position`, each as an Entry (a reader behind the
+        retained ones gets them from the first retained)."""
+        entries = []
+        for index in range(self._index(position), len(self._kinds)):
+            begin, end = self._offset(index), self._ends[index]
+            wire = bytes(self._buffer[begin - self._start : end - self._start])
+            seq = self.base + index - self._first + 1
+            entries.append(Entry(seq, _name(self._kinds[index]), wire, end))
+        return entries
+
+    @property
+    def entries(self) -> list[Entry]:
+        return self.since(self.base)
 
     def retains(self, position: int) -> bool:
         """Whether a reader may start after `position`: everything after it is kept."""
@@ -131,10 +201,8 @@ class Log:
 
     def attach(self, after: int = 0) -> Cursor:
         """A reader from after entry `after` (check `retains` first)."""
-        offset = self.total
-        for entry in self.since(after):
-            offset = entry.end - len(entry.wire)
-            break
+        index = self._index(after)
+        offset = self._offset(index) if index < len(self._kinds) else self.total
         cursor = Cursor(self, after, offset)
         self._cursors.append(cursor)
         return cursor
@@ -161,10 +229,9 @@ class Cursor:
         self.offset = offset  # where that entry ends in the log's output
         self.waiter: asyncio.Future[None] | None = None  # while it waits for more
 
-    def available(self) -> list[Entry]:
-        """The entries appended after this position so far."""
-        log = self.log
-        return log.entries[self.position - log.base :]
+    def take(self) -> Batch:
+        """What was appended after this position so far (`count` 0: nothing yet)."""
+        return self.log.take(self.position)
 
     async def wait(self) -> None:
         """Until the next entry is appended, or the log closes."""
@@ -179,9 +246,13 @@ class Cursor:
             self.waiter = None
             log.waiting -= 1
 
-    def sent(self, entry: Entry) -> None:
-        self.position = entry.seq
-        self.offset = entry.end
+    def sent(self, batch: Batch) -> None:
+        self.position = batch.last_seq
+        self.offset = batch.end
         log = self.log
         if log.held_back is not None and log.lag() <= LAG_BYTES:
             log.release()
+
+
+def _name(kind: int) -> str:
+    return NAMES[kind] if kind < len(NAMES) else "error"

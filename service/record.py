@@ -8,6 +8,8 @@ the cache (chat.py), the response its stream (response.py).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,7 @@ from .events import NAMES
 if TYPE_CHECKING:
     from .tokens import Usage
 
-EVENT_INDEX = {name: index for index, name in enumerate(NAMES)}
+CONTENT = NAMES.index("content")
 
 
 @dataclass(slots=True)
@@ -30,14 +32,21 @@ class StreamStats:
     events: int = 0
     bytes: int = 0
     first_content_at: float | None = None
-    by_name: list[int] = field(default_factory=lambda: [0] * len(NAMES))
+    by_name: list[int] = field(default_factory=lambda: [0] * (len(NAMES) + 1))
 
-    def count(self, name: str) -> None:
-        self.by_name[EVENT_INDEX.get(name, EVENT_INDEX["error"])] += 1
+    def count(self, kinds: Sequence[int]) -> None:
+        """Events sent, by their names' numbers (log.KINDS); the first content's time."""
+        by_name = self.by_name
+        for kind in kinds:
+            by_name[kind] += 1
+        if self.first_content_at is None and CONTENT in kinds:
+            self.first_content_at = time.perf_counter()
 
     @property
     def counts(self) -> dict[str, int]:
-        return {name: n for name, n in zip(NAMES, self.by_name, strict=True) if n}
+        counted = dict(zip(NAMES, self.by_name, strict=False))
+        counted["error"] += self.by_name[-1]  # a name outside NAMES
+        return {name: n for name, n in counted.items() if n}
 
 
 @dataclass(slots=True)
