@@ -59,7 +59,12 @@ under load on the 2-core VM the README's benchmark describes):
   batches.
 - `EventStream` (response.py) is a Starlette `Response` that sets its headers itself and runs
   its own ASGI call, as a pure ASGI response, rather than a `StreamingResponse` with a task
-  group per stream.
+  group per stream. Within the app it sends only its head; its body is run by the
+  outermost middleware (`RequestContext`, through `record.body`) after FastAPI's call has
+  returned, so that FastAPI's and Starlette's frames for the request (middleware, router,
+  the dependencies' exit stacks, the request object) are not held for the stream's whole
+  life: the Python memory of an idle stream went from 23.2 to 5.5 KiB (tracemalloc, 500
+  streams in one process). What FastAPI sees is a response that ended at its head.
 """
 
 __version__ = "0.1.0"

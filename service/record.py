@@ -9,11 +9,11 @@ the cache (chat.py), the response its stream (response.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from starlette.types import Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .events import NAMES
 
@@ -71,6 +71,8 @@ class RequestRecord:
     stream_id: str | None = None
     resumed: bool = False
     usage: Usage | None = None  # the generation's, when it had ended as the response did
+    # An event stream's body, run by the outermost middleware after the app has returned.
+    body: Callable[[Receive], Awaitable[None]] | None = None
 
 
 def record_of(scope: Scope) -> RequestRecord:

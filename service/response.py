@@ -114,23 +114,33 @@ class EventStream(Response):
                 self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._task = asyncio.current_task()
+        """Within the app, only the response's head; its body is the outermost middleware's
+        to run (`record.body`: observability/middleware.py), once the app's frames are gone
+        (service/__init__.py lists this among the deviations)."""
         record = self.record = record_of(scope)
         record.stream = self.stats
         record.stream_id = self.generation.id
-        # uvicorn's own `send`: body chunks skip the middleware wrappers (service/__init__.py).
-        start_send, send = send, record.raw_send
-        self.responses.opened(self)
-        watcher: asyncio.Task[None] | None = None
+        record.body = self.run_body
         try:
-            await start_send(
-                {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-            )
-            self._send = send
-            watcher = asyncio.create_task(self._watch(receive))
-            await self._stream(send)
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         except OSError:
             self.stats.outcome = "disconnected"  # gone before the first byte
+            return
+        # uvicorn's own `send`: body chunks skip the middleware wrappers (service/__init__.py).
+        self._send = record.raw_send
+
+    async def run_body(self, receive: Receive) -> None:
+        """The stream itself, in the request's own task, read from the generation's log."""
+        self._task = asyncio.current_task()
+        self.responses.opened(self)
+        send = self._send
+        watcher: asyncio.Task[None] | None = None
+        try:
+            if send is not None:
+                watcher = asyncio.create_task(self._watch(receive))
+                await self._stream(send)
+        except OSError:
+            self.stats.outcome = "disconnected"  # the client went away between events
         finally:
             # From here on nothing may cancel this task: leaving the generation must run to
             # its end, whatever the client does now.
@@ -139,7 +149,8 @@ class EventStream(Response):
                 watcher.cancel()
             if self._pinging is not None:
                 self._pinging.cancel()
-            record.usage = self.generation.usage
+            assert self.record is not None
+            self.record.usage = self.generation.usage
             self.responses.closed(self)
 
     async def _stream(self, send: Send) -> None:

@@ -69,6 +69,11 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_headers)
+            if record.body is not None:
+                # An event stream: its body runs here, where the app's frames (its
+                # middleware, router and dependencies) no longer hold memory for its
+                # whole life.
+                await record.body(receive)
         except Exception:
             self.log.exception("unhandled error")
             if not response["started"]:

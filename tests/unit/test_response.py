@@ -1,6 +1,6 @@
 """The event stream as an ASGI response (service/response.py): the bytes it writes are the
 log's, it leaves its generation when the client goes, it ends with `shutdown` when told,
-and an idle one is pinged; called directly, in process."""
+and an idle one is pinged; called directly, in process, its head then its body."""
 
 from __future__ import annotations
 
@@ -48,6 +48,15 @@ class Client:
         record = RequestRecord(time.perf_counter(), self.send)
         return {"type": "http", "state": {"record": record}}
 
+    async def serve(self, stream: Any) -> None:
+        """As the app and its outermost middleware do: the head within the app, then the
+        body the response left for the middleware to run."""
+        scope = self.scope()
+        await stream(scope, self.receive, self.send)
+        body = scope["state"]["record"].body
+        if body is not None:
+            await body(self.receive)
+
 
 def _parts(window: float = 0.0, ping: float = 15.0) -> tuple[Generations, Responses]:
     drain = Drain(60)
@@ -61,7 +70,7 @@ def test_the_body_is_the_logs_bytes_in_order_and_then_the_end() -> None:
         generation, cursor = generations.start("ann", _reply(), FOLLOWING, "MISS")
         stream = responses.respond(generation, cursor, {"X-Cache": "MISS"})
         client = Client()
-        await stream(client.scope(), client.receive, client.send)
+        await client.serve(stream)
         wires = b"".join(entry.wire for entry in generation.log.entries)
         headers = {k.decode(): v.decode() for k, v in stream.raw_headers}
         return client, wires, stream.stats.outcome, headers
@@ -85,7 +94,7 @@ def test_a_client_that_goes_leaves_the_generation_which_stops_without_a_window()
         generation, cursor = generations.start("ann", _reply(pause=0.2), FOLLOWING, "MISS")
         stream = responses.respond(generation, cursor, {})
         client = Client()
-        serving = asyncio.ensure_future(stream(client.scope(), client.receive, client.send))
+        serving = asyncio.ensure_future(client.serve(stream))
         await asyncio.sleep(0.05)
         client.gone.set()
         await asyncio.wait_for(serving, 1)
@@ -101,7 +110,7 @@ def test_a_stream_stopped_for_shutdown_ends_with_the_shutdown_event_numbered_nex
         generation, cursor = generations.start("ann", _reply(pause=1), FOLLOWING, "MISS")
         stream = responses.respond(generation, cursor, {})
         client = Client()
-        serving = asyncio.ensure_future(stream(client.scope(), client.receive, client.send))
+        serving = asyncio.ensure_future(client.serve(stream))
         await asyncio.sleep(0.05)  # `start` sent
         stream.stop("shutdown")
         await asyncio.wait_for(serving, 1)
@@ -122,7 +131,7 @@ def test_an_idle_stream_is_pinged() -> None:
         generation, cursor = generations.start("ann", _reply(pause=0.3, count=1), FOLLOWING, "")
         stream = responses.respond(generation, cursor, {})
         client = Client()
-        await asyncio.wait_for(stream(client.scope(), client.receive, client.send), 2)
+        await asyncio.wait_for(client.serve(stream), 2)
         await generations.aclose()
         return client.body
 
