@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -150,14 +151,17 @@ class PacedConnection(SSEConnection):
 
 
 async def paced(host: str, port: int, streams: int, tokens: list[str]) -> dict[str, object]:
-    """Open `streams` streams a little apart (as users arrive), read them to their end."""
+    """Open `streams` streams a little apart (as users arrive), read them to their end.
+    Each asks something new (the run's own prefix): a reply the service has cached would
+    come back at once, not paced."""
     loop = asyncio.get_running_loop()
     spread = 2.0  # seconds over which the streams open
+    run = secrets.token_hex(4)
 
     async def one(i: int) -> PacedConnection:
         await asyncio.sleep(spread * i / streams)
         _, conn = await loop.create_connection(PacedConnection, host, port)
-        await conn.request(_request(f"/chat/paced-{i}", tokens[i % len(tokens)]))
+        await conn.request(_request(f"/chat/paced-{run}-{i}", tokens[i % len(tokens)]))
         assert conn.transport is not None
         conn.transport.close()
         return conn
