@@ -12,6 +12,7 @@
       chat:u:{U}:s:<stream>:log     stream: a generation's events, one entry per loop turn
       chat:u:{U}:s:<stream>:meta    hash: its user, worker and state
       chat:u:{U}:s:<stream>:readers a reader elsewhere follows it (a lease)
+      chat:u:{U}:s:<stream>:news    channel (pub/sub): an entry or the end was published
     chat:rate:LIMITER/ip:{A}/...    an address's window: A = 32 hex digits of SHA-256(address)
     chat:conv-owner:<id>            the user who claimed a conversation id
     chat:cache:v2:{D}               a cached reply: D = SHA-256 of backend, model, message
@@ -101,6 +102,12 @@ def stream(sub: str, stream_id: str) -> tuple[str, str, str]:
     node that holds the user's limits holds the stream too."""
     base = f"{user(sub)}:s:{stream_id}"
     return f"{base}:log", f"{base}:meta", f"{base}:readers"
+
+
+def stream_news(sub: str, stream_id: str) -> str:
+    """The channel on which a stream's publisher announces each entry and the end (a
+    pub/sub channel, not a key; under the user's hash tag all the same)."""
+    return f"{user(sub)}:s:{stream_id}:news"
 
 
 def worker_inbox(worker: str) -> str:

@@ -4,16 +4,18 @@
 - Publishing: a generation's events go to a Redis stream (`keys.stream`: `...:log`), one
   entry per turn of the event loop (the wire bytes of the events appended in that turn,
   their names and sizes, the entry's id the number of the first), through the Store's
-  batches: never
-  a round trip per event. Its owner, worker and state are in `...:meta`. Both live while it
-  runs and CHAT_RESUME_WINDOW after it ends, and the log is trimmed as the generation's own
-  is. One publish per generation is in flight at a time (see `_publish`).
+  batches: never a round trip per event. Its owner, worker and state are in `...:meta`.
+  Both live while it runs and CHAT_RESUME_WINDOW after it ends (their lives set when they
+  are made, renewed every RUNNING_TTL / 3 and cut at the end: not with every entry), and
+  the log is trimmed as the generation's own is. Each entry and the end are announced on
+  the stream's channel (`keys.stream_news`) in the same batch. One publish per generation
+  is in flight at a time (see `_publish`).
 - Following: a resume on any worker or pod of a stream that runs elsewhere reads that log
-  (`follow`): what it holds so far, then a source of the rest, polled every POLL_SECONDS,
-  which feeds an ordinary generation on the reading worker. While it reads, it keeps
-  `...:readers` alive, so the worker running the generation does not stop it for want of
-  readers; if that worker dies (its `alive` key lapses) the source ends with
-  `error {"code": "interrupted"}`.
+  (`follow`): what it holds so far, then a source of the rest, read whenever the stream's
+  channel announces more (notices.py) and at least every CHECK_SECONDS, which feeds an
+  ordinary generation on the reading worker. While it reads, it keeps `...:readers` alive,
+  so the worker running the generation does not stop it for want of readers; if that
+  worker dies (its `alive` key lapses) the source ends with `error {"code": "interrupted"}`.
 - Stopping: a stop reaches the worker running the generation through that worker's inbox
   (`keys.worker_inbox`), which every worker with generations polls every INBOX_SECONDS.
 """
@@ -31,6 +33,7 @@ from ..events import EVENTS, INTERRUPTED, Codec, Event
 from ..generations import Followed
 from ..observability.logging import get_logger
 from . import keys
+from .notices import Notices
 from .store import Store
 
 if TYPE_CHECKING:
@@ -38,7 +41,9 @@ if TYPE_CHECKING:
 
 log = get_logger("service.relay")
 
-POLL_SECONDS = 0.1
+# A follower's own look at the stream (its lease, its state, whether its worker lives), when
+# no notice has come meanwhile; the lease outlives three of them.
+CHECK_SECONDS = 1.0
 INBOX_SECONDS = 0.25
 ALIVE_SECONDS = 6  # a worker's heartbeat lives this long, renewed every third of it
 LEASE_MS = 3000  # a follower's claim that someone reads the stream
@@ -60,7 +65,9 @@ class Relay:
         self._in_flight: dict[Generation, asyncio.Future[None]] = {}  # sent, unanswered
         self._behind: set[Generation] = set()  # appended to meanwhile: publish when it is
         self._flush_scheduled = False
+        self._renewing: set[Generation] = set()  # their keys' lives renewed with the next publish
         self._chores: asyncio.Task[None] | None = None
+        self._notices: Notices | None = None  # made with the first follower
 
     # --- publishing this worker's generations -------------------------------------------
 
@@ -112,11 +119,17 @@ class Relay:
             self._published[generation] = last
             if glog.base:  # the generation dropped its oldest: so does the log
                 commands.append(("XTRIM", log_key, "MINID", f"{glog.base + 1}-0"))
-        ttl = self.window_ms if generation.ended else RUNNING_TTL * 1000
         if generation.ended:
             commands.append(("HSET", meta_key, "state", "ended"))
             del self._published[generation]
-        commands += [("PEXPIRE", log_key, ttl), ("PEXPIRE", meta_key, ttl)]
+        if entries or generation.ended:
+            commands.append(("PUBLISH", keys.stream_news(generation.user, generation.id), b""))
+        # Lives set when the keys are made (a publish before the first entry makes only the
+        # meta, and comes again), renewed by the chores, cut to the window at the end.
+        if published == 0 or generation.ended or generation in self._renewing:
+            self._renewing.discard(generation)
+            ttl = self.window_ms if generation.ended else RUNNING_TTL * 1000
+            commands += [("PEXPIRE", log_key, ttl), ("PEXPIRE", meta_key, ttl)]
         sent = self.store.send("resume", *commands)
         if sent is not None:  # None: Redis is down, and nothing is on its way
             self._in_flight[generation] = sent
@@ -136,6 +149,7 @@ class Relay:
         self._dirty.discard(generation)
         self._publish(generation)
         self._running.pop(generation.id, None)
+        self._renewing.discard(generation)
         return True
 
     async def _keep_up(self) -> None:
@@ -150,6 +164,7 @@ class Relay:
                 for generation in list(self._running.values()):
                     # Its keys' lives renewed in turn with its publishes: a renewal must
                     # not land after its end has shortened them to the window.
+                    self._renewing.add(generation)
                     self._publish(generation)
             beats += 1
             stops: Any = await self.store.execute("resume", "LPOP", inbox, 64, fallback=None)
@@ -211,18 +226,34 @@ class Relay:
     async def _following(
         self, stream_id: str, user: str, worker: str, last_chunk: bytes | None, last_seq: int
     ) -> AsyncIterator[Event]:
-        """The events of a stream running on `worker`, after `last_seq`, as they come."""
+        """The events of a stream running on `worker`, after `last_seq`, as they come: read
+        when its channel announces more, and looked at whole every CHECK_SECONDS."""
         log_key, meta_key, readers = keys.stream(user, stream_id)
         alive_key = keys.worker_alive(worker)
+        channel = keys.stream_news(user, stream_id)
+        if self._notices is None:
+            self._notices = Notices(self.store.pool)
+        notices = self._notices
+        news = await notices.hear(channel)
+        loop = asyncio.get_running_loop()
+        checked = -CHECK_SECONDS
         try:
             while True:
+                news.clear()  # from here on, news is of what this read may not see
                 start = f"({last_chunk.decode()}" if last_chunk else "-"
-                self.store.send("resume", ("SET", readers, 1, "PX", LEASE_MS), urgent=True)
-                chunks, state, alive = await asyncio.gather(
-                    self.store.execute("resume", "XRANGE", log_key, start, "+", fallback=None),
-                    self.store.execute("resume", "HGET", meta_key, "state", fallback=b"running"),
-                    self.store.execute("resume", "EXISTS", alive_key, fallback=1),
-                )
+                execute = self.store.execute
+                reading = execute("resume", "XRANGE", log_key, start, "+", fallback=None)
+                checking = loop.time() - checked >= CHECK_SECONDS
+                if checking:
+                    checked = loop.time()
+                    self.store.send("resume", ("SET", readers, 1, "PX", LEASE_MS), urgent=True)
+                    chunks, state, alive = await asyncio.gather(
+                        reading,
+                        execute("resume", "HGET", meta_key, "state", fallback=b"running"),
+                        execute("resume", "EXISTS", alive_key, fallback=1),
+                    )
+                else:
+                    chunks, state, alive = await reading, b"running", 1
                 for chunk_id, fields in chunks or ():
                     last_chunk = chunk_id
                     start_seq, taken = _taken(chunk_id, fields)
@@ -235,8 +266,13 @@ class Relay:
                     # Ended without a last event we can see, or its worker died mid-way.
                     yield INTERRUPTED
                     return
-                await asyncio.sleep(POLL_SECONDS)
+                if not chunks and not checking:
+                    checked = -CHECK_SECONDS  # news, yet nothing to read: the end? Look now
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), checked + CHECK_SECONDS - loop.time())
         finally:
+            notices.forget(channel, news)
             self.store.send("resume", ("DEL", readers))
 
     async def aclose(self) -> None:
@@ -246,6 +282,8 @@ class Relay:
             self._chores.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._chores
+        if self._notices is not None:
+            await self._notices.aclose()
         while self._in_flight:
             done, _ = await asyncio.wait(self._in_flight.values(), timeout=self.store.give_up)
             if not done:

@@ -186,3 +186,55 @@ def test_a_generations_end_lands_before_the_store_closes(redis: RedisServer) -> 
     with sync_redis.Redis.from_url(redis.url) as client:
         assert client.hget(meta, "state") == b"ended"
         assert client.xlen(keys.stream("carol", "closing")[0]) == 2  # start, then the rest
+
+
+def _xrange_calls(client: sync_redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+
+
+def test_a_follower_hears_of_each_entry_and_reads_nothing_while_none_comes(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower on another worker reads the log when the stream's channel announces an
+    entry: with its own look at the stream only every 30 s here, each event fed still
+    reaches it, and so does the end (one without a last event, as a source that just
+    stops: `interrupted`). While nothing is appended it reads nothing (it used to read ten
+    times a second)."""
+    monkeypatch.setattr(relay_module, "CHECK_SECONDS", 30)
+
+    async def body() -> tuple[list[str], int]:
+        fed = Fed(redis.url, "heard", "dave", window=30)
+        other_store = Store(redis.url)
+        other = Relay(other_store, window=30)
+        try:
+            fed.start()
+
+            async def started() -> bool:
+                return fed.published() == 1
+
+            await _until(started)
+            followed = await other.follow("heard", "dave", 1)
+            assert followed is not None
+            source: Any = followed.source
+            names = []
+            with sync_redis.Redis.from_url(redis.url) as client:
+                for n in range(3):
+                    fed.feed(Event("content", {"text": str(n)}))
+                    names.append((await asyncio.wait_for(source.__anext__(), 5)).name)
+                waiting = asyncio.ensure_future(source.__anext__())  # as its reader does
+                before = _xrange_calls(client)
+                await asyncio.sleep(1.0)  # the quiet itself is what is tested
+                quiet_reads = _xrange_calls(client) - before
+            await fed.end()
+            names.append((await asyncio.wait_for(waiting, 5)).name)
+            await source.aclose()
+            return names, quiet_reads
+        finally:
+            await other.aclose()
+            await other_store.aclose()
+            await fed.aclose()
+
+    names, quiet_reads = asyncio.run(body())
+    assert names == ["content", "content", "content", "error"]
+    assert quiet_reads == 0
