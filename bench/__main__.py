@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from bench.chart import chart
+from bench.follower import follower_latency
 from tests.support.redis import running_redis
 from tests.support.redis_topologies import running_cluster
 from tests.support.service import free_port
@@ -429,6 +430,7 @@ def main() -> None:
                 results[kind] = figures
                 print(f"measured {kind}", file=sys.stderr, flush=True)
             results["openai"] = openai_route(tokens.name, args.seconds, args.repeat, redis.url)
+            results["follower"] = follower_latency(redis.url)
             if args.budget:
                 results["budget"] = compare(
                     tokens.name,
@@ -486,6 +488,13 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             f"OpenAI's route at c=10: events/s {openai['openai']:.0f}, "
             f"{openai['chat']:.0f} on /chat: {openai['openai'] / openai['chat']:.2f}x"
+        )
+    if "follower" in results:
+        follower = results["follower"]
+        rows.append(
+            f"A reader on another worker sees an event after p50 {follower['p50_ms']:.2f} ms, "
+            f"p99 {follower['p99_ms']:.2f} ms; idle, it reads the log "
+            f"{follower['idle_reads_per_s']:.1f} times a second"
         )
     if "budget" in results:
         budget = results["budget"]
