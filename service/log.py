@@ -65,6 +65,27 @@ class Batch:
 EMPTY = Batch(b"", b"", 0, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class Span:
+    """The retained entries after a place, as the relay publishes them: one slice of bytes,
+    each entry's name and size, the numbers of the first and the last."""
+
+    first: int
+    last: int
+    body: bytes
+    names: list[str]
+    sizes: list[int]
+
+    def wires(self) -> list[bytes]:
+        """Each entry's bytes."""
+        wires, at = [], 0
+        body = self.body
+        for size in self.sizes:
+            wires.append(body[at : at + size])
+            at += size
+        return wires
+
+
 class Log:
     __slots__ = (
         "_buffer",
@@ -167,6 +188,20 @@ class Log:
         body = bytes(self._buffer[begin - self._start : end - self._start])
         return Batch(body, kinds, self.base + last - self._first + 1, end)
 
+    def span(self, position: int) -> Span | None:
+        """The retained entries after `position` (None: there are none), without an object
+        each."""
+        index = self._index(position)
+        if index >= len(self._kinds):
+            return None
+        begin = self._offset(index)
+        ends = self._ends
+        sizes = [ends[index] - begin]
+        sizes += [ends[i] - ends[i - 1] for i in range(index + 1, len(ends))]
+        names = [NAMED[kind] for kind in self._kinds[index:]]
+        body = bytes(self._buffer[begin - self._start :])
+        return Span(self.base + index - self._first + 1, self.last_seq, body, names, sizes)
+
     def since(self, position: int) -> list[Entry]:
         """The retained entries after `position`, each as an Entry (a reader behind the
         retained ones gets them from the first retained)."""
@@ -254,5 +289,8 @@ class Cursor:
             log.release()
 
 
+NAMED = (*NAMES, "error")  # by kind: a name outside NAMES reads as `error`
+
+
 def _name(kind: int) -> str:
-    return NAMES[kind] if kind < len(NAMES) else "error"
+    return NAMED[kind]

@@ -54,7 +54,8 @@ def entry_of(generation: Generation) -> bytes | None:
     encoding its events again. Another surface's stream is written down from what it said
     (its thinking steps, then its text, then its end)."""
     if generation.codec is events.EVENTS:
-        wires = [entry.wire for entry in generation.log.entries[1:]]
+        span = generation.log.span(1)
+        wires = span.wires() if span is not None else []
     else:
         said = [Event("thinking", {"step": step}) for step in generation.reasoning]
         said += [Event("content", {"text": text}) for text in generation.text]

@@ -61,6 +61,7 @@ class Relay:
         self.worker = secrets.token_hex(8)
         self._running: dict[str, Generation] = {}  # published from here while they run
         self._published: dict[Generation, int] = {}  # the last entry sent of each
+        self._keys: dict[Generation, tuple[str, str, str]] = {}  # its log, meta and channel
         self._dirty: set[Generation] = set()
         self._in_flight: dict[Generation, asyncio.Future[None]] = {}  # sent, unanswered
         self._behind: set[Generation] = set()  # appended to meanwhile: publish when it is
@@ -74,6 +75,9 @@ class Relay:
     def started(self, generation: Generation) -> None:
         self._running[generation.id] = generation
         self._published[generation] = 0
+        log_key, meta_key, _ = keys.stream(generation.user, generation.id)
+        news = keys.stream_news(generation.user, generation.id)
+        self._keys[generation] = (log_key, meta_key, news)
         if self._chores is None or self._chores.done():
             self._chores = asyncio.ensure_future(self._keep_up())
 
@@ -102,28 +106,26 @@ class Relay:
         if published is None:
             return  # ended and published whole already
         glog = generation.log
-        entries = glog.since(published)
-        log_key, meta_key, _ = keys.stream(generation.user, generation.id)
+        span = glog.span(published)
+        log_key, meta_key, news = self._keys[generation]
         commands: list[tuple[Any, ...]] = []
         if published == 0:
             meta = ("user", generation.user, "worker", self.worker, "state", "running")
             commands.append(("HSET", meta_key, *meta, "codec", generation.codec.name))
-        if entries:
-            wires = b"".join([entry.wire for entry in entries])
-            names = " ".join([entry.name for entry in entries])
+        if span is not None:
             # An event is one or more SSE blocks (OpenAI's end is three): each one's size.
-            sizes = " ".join([str(len(entry.wire)) for entry in entries])
-            first, last = entries[0].seq, entries[-1].seq
-            fields = ("w", wires, "n", names, "s", sizes, "l", last)
-            commands.append(("XADD", log_key, f"{first}-1", *fields))
-            self._published[generation] = last
+            names, sizes = " ".join(span.names), " ".join(map(str, span.sizes))
+            fields = ("w", span.body, "n", names, "s", sizes, "l", span.last)
+            commands.append(("XADD", log_key, f"{span.first}-1", *fields))
+            self._published[generation] = span.last
             if glog.base:  # the generation dropped its oldest: so does the log
                 commands.append(("XTRIM", log_key, "MINID", f"{glog.base + 1}-0"))
         if generation.ended:
             commands.append(("HSET", meta_key, "state", "ended"))
             del self._published[generation]
-        if entries or generation.ended:
-            commands.append(("PUBLISH", keys.stream_news(generation.user, generation.id), b""))
+            del self._keys[generation]
+        if span is not None or generation.ended:
+            commands.append(("PUBLISH", news, b""))
         # Lives set when the keys are made (a publish before the first entry makes only the
         # meta, and comes again), renewed by the chores, cut to the window at the end.
         if published == 0 or generation.ended or generation in self._renewing:

@@ -119,3 +119,15 @@ def test_a_writer_held_back_is_released_when_the_slow_reader_leaves() -> None:
         return waiting.done()
 
     assert asyncio.run(body())
+
+
+def test_a_span_is_the_entries_after_a_place_as_one_slice() -> None:
+    log = Log()
+    for name in ("start", "content", "done"):
+        log.append(name, _wire(log.last_seq + 1))
+    span = log.span(1)
+    assert span is not None
+    assert (span.first, span.last, span.names) == (2, 3, ["content", "done"])
+    assert span.wires() == [e.wire for e in log.since(1)]
+    assert span.body == _wire(2) + _wire(3)
+    assert log.span(3) is None
