@@ -25,9 +25,11 @@ KIB = 1024
 # about a dozen (measured over 20; the same on the code before this round of changes).
 # Measure once it has.
 WARMUP_ROUNDS = 10
-MEASURED_ROUNDS = 4
+# Enough rounds that one step of the allocator's (a new arena or heap grown at once, 1.4 MiB
+# seen in one round of a busy CI run) is not taken for a leak, which grows with each round.
+MEASURED_ROUNDS = 12
 # Per stream of the measured rounds: what settling still adds (0.6-1.7 KiB measured) fits;
-# a leak of each finished EventStream alone (6 KiB measured, with the leak planted) does not.
+# a leak of each finished EventStream alone (16 KiB measured, with the leak planted) does not.
 MAX_GROWTH_PER_STREAM = 3 * KIB
 
 
