@@ -31,6 +31,7 @@ import httpx
 
 from bench.chart import chart
 from bench.follower import follower_latency
+from tests.support.metrics import wait_for_metric
 from tests.support.redis import running_redis
 from tests.support.redis_topologies import running_cluster
 from tests.support.service import free_port
@@ -215,7 +216,12 @@ def median_run(
     return runs[len(runs) // 2]
 
 
-def run_idle(kind: str, streams: int, tokens_file: str, redis_url: str | None) -> dict[str, float]:
+def run_idle(
+    kind: str, streams: int, tokens_file: str, redis_url: str | None, detach: bool = False
+) -> dict[str, float]:
+    """Server memory per stream held idle (a thinking step of 50 s). `detach`: per stream
+    whose client hung up after its first event, its generation running on, waiting to be
+    resumed (the service only; at most one batch of 250 connections open at a time)."""
     with server(kind, 100.0, redis_url) as (port, proc):  # 50 s per thinking step
         # Warm the server (imports, pools, first allocations) before the baseline reading.
         warm = client(
@@ -231,13 +237,16 @@ def run_idle(kind: str, streams: int, tokens_file: str, redis_url: str | None) -
         time.sleep(0.5)  # let the server notice the closed warm-up streams
         before = server_rss_kib(proc)
         held = client(
-            ["idle", "127.0.0.1", str(port), "--streams", str(streams)],
+            ["idle", "127.0.0.1", str(port), "--streams", str(streams)]
+            + (["--detach"] if detach else []),
             tokens_file,
             stdout=subprocess.PIPE,
             stdin=subprocess.PIPE,
         )
         assert held.stdout is not None and held.stdin is not None
         ready = held.stdout.readline().split()
+        if detach:  # every client gone, every generation still running
+            wait_for_metric(f"http://127.0.0.1:{port}", "chat_streams_active", 0.0)
         after = server_rss_kib(proc)
         held.stdin.close()
         held.wait(60)
@@ -425,6 +434,10 @@ def main() -> None:
                             port, concurrency, args.seconds, tokens.name, args.repeat
                         )
                 figures["idle"] = run_idle(kind, args.idle, tokens.name, redis_url)
+                if kind == "service":
+                    figures["detached"] = run_idle(
+                        kind, args.idle, tokens.name, redis_url, detach=True
+                    )
                 if args.paced:
                     figures["paced"] = run_paced(kind, tokens.name, redis_url)
                 results[kind] = figures
@@ -515,6 +528,13 @@ def table(results: dict[str, Any]) -> str:
     ):
         values = [results[k]["idle"][key] for k in ("service", "starlette", "raw")]
         rows.append(_row(label, values))
+    if "detached" in results["service"]:
+        detached = results["service"]["detached"]
+        rows.append(
+            f"Detached (client gone, generation waiting to be resumed): "
+            f"{detached['kib_per_idle_stream']:.1f} KiB each, "
+            f"{detached['idle_streams_held']} held"
+        )
     if "paced" in results["service"]:
         paced = {k: results[k]["paced"] for k in ("service", "starlette", "raw")}
         rows.append("")

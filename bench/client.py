@@ -2,12 +2,14 @@
 connection, HTTP/1.1 keep-alive, chunked decoding by hand, events counted, not parsed.
 
     python -m bench.client load HOST PORT --concurrency 10 --seconds 4 --tokens FILE [--openai]
-    python -m bench.client idle HOST PORT --streams 5000 --tokens FILE
+    python -m bench.client idle HOST PORT --streams 5000 --tokens FILE [--detach]
     python -m bench.client paced HOST PORT --streams 1000 --tokens FILE
 
 `load` prints one JSON object with per-stream samples (`--openai`: each a streamed
 `POST /v1/chat/completions` instead of `GET /chat/...`); `idle` opens the streams, prints
-`READY <n>` once each has its first event, and holds them until stdin closes; `paced` opens
+`READY <n>` once each has its first event, and holds them until stdin closes (`--detach`:
+hangs up on each batch once its first events came, so that the server holds its streams'
+generations with no client, at most one batch of connections open at a time); `paced` opens
 the streams (each emitting events at a model's pace, set on the server) and prints the gaps
 between one content event and the next as the client saw them.
 """
@@ -237,7 +239,7 @@ async def load(
     }
 
 
-async def idle(host: str, port: int, streams: int, tokens: list[str]) -> None:
+async def idle(host: str, port: int, streams: int, tokens: list[str], detach: bool = False) -> None:
     loop = asyncio.get_running_loop()
     conns: list[SSEConnection] = []
     batch = 250
@@ -253,6 +255,11 @@ async def idle(host: str, port: int, streams: int, tokens: list[str]) -> None:
             waits.append(conn.first_event)
             conns.append(conn)
         await asyncio.wait_for(asyncio.gather(*waits), 60)
+        if detach:
+            for _, conn in opened:
+                assert conn.transport is not None
+                conn.transport.close()
+            await asyncio.gather(*(conn.closed for _, conn in opened))
     print(f"READY {len(conns)}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     for conn in conns:
@@ -271,6 +278,7 @@ def main() -> None:
     parser.add_argument("--tokens", required=True)
     parser.add_argument("--out", help="write the load result here instead of stdout")
     parser.add_argument("--openai", action="store_true", help="load /v1/chat/completions")
+    parser.add_argument("--detach", action="store_true", help="idle: hang up on each batch")
     args = parser.parse_args()
     with open(args.tokens) as file:
         tokens = json.load(file)
@@ -292,7 +300,7 @@ def main() -> None:
     elif args.mode == "paced":
         print(json.dumps(asyncio.run(paced(args.host, args.port, args.streams, tokens))))
     else:
-        asyncio.run(idle(args.host, args.port, args.streams, tokens))
+        asyncio.run(idle(args.host, args.port, args.streams, tokens, args.detach))
 
 
 if __name__ == "__main__":
