@@ -61,7 +61,6 @@ class Relay:
         self.worker = secrets.token_hex(8)
         self._running: dict[str, Generation] = {}  # published from here while they run
         self._published: dict[Generation, int] = {}  # the last entry sent of each
-        self._keys: dict[Generation, tuple[str, str, str]] = {}  # its log, meta and channel
         self._dirty: set[Generation] = set()
         self._in_flight: dict[Generation, asyncio.Future[None]] = {}  # sent, unanswered
         self._behind: set[Generation] = set()  # appended to meanwhile: publish when it is
@@ -75,9 +74,6 @@ class Relay:
     def started(self, generation: Generation) -> None:
         self._running[generation.id] = generation
         self._published[generation] = 0
-        log_key, meta_key, _ = keys.stream(generation.user, generation.id)
-        news = keys.stream_news(generation.user, generation.id)
-        self._keys[generation] = (log_key, meta_key, news)
         if self._chores is None or self._chores.done():
             self._chores = asyncio.ensure_future(self._keep_up())
 
@@ -107,7 +103,7 @@ class Relay:
             return  # ended and published whole already
         glog = generation.log
         span = glog.span(published)
-        log_key, meta_key, news = self._keys[generation]
+        log_key, meta_key, _ = keys.stream(generation.user, generation.id)
         commands: list[tuple[Any, ...]] = []
         if published == 0:
             meta = ("user", generation.user, "worker", self.worker, "state", "running")
@@ -123,9 +119,8 @@ class Relay:
         if generation.ended:
             commands.append(("HSET", meta_key, "state", "ended"))
             del self._published[generation]
-            del self._keys[generation]
         if span is not None or generation.ended:
-            commands.append(("PUBLISH", news, b""))
+            commands.append(("PUBLISH", keys.stream_news(generation.user, generation.id), b""))
         # Lives set when the keys are made (a publish before the first entry makes only the
         # meta, and comes again), renewed by the chores, cut to the window at the end.
         if published == 0 or generation.ended or generation in self._renewing:
