@@ -391,7 +391,10 @@ def main() -> None:
         "--repeat", type=int, default=3, help="runs per figure; the median run is reported"
     )
     parser.add_argument(
-        "--no-paced", dest="paced", action="store_false", help="skip the paced run (~2 min)"
+        "--no-paced",
+        dest="paced",
+        action="store_false",
+        help="skip the paced runs (about 9 minutes)",
     )
     parser.add_argument(
         "--no-cluster",
@@ -442,6 +445,8 @@ def main() -> None:
                     figures["paced"] = run_paced(kind, tokens.name, redis_url)
                 results[kind] = figures
                 print(f"measured {kind}", file=sys.stderr, flush=True)
+            if args.paced:  # what Redis costs a worker in paced streams
+                results["service_memory"]["paced"] = run_paced("service", tokens.name, None)
             results["openai"] = openai_route(tokens.name, args.seconds, args.repeat, redis.url)
             results["follower"] = follower_latency(redis.url)
             if args.budget:
@@ -544,6 +549,22 @@ def table(results: dict[str, Any]) -> str:
                 [float(paced[k]["sustained_streams"]) for k in ("service", "starlette", "raw")],
             )
         )
+        alone = results["service_memory"].get("paced")
+        if alone is not None:
+            top = (
+                alone["levels"][str(alone["sustained_streams"])]
+                if alone["sustained_streams"]
+                else {}
+            )
+            rows.append(
+                f"  service without Redis: {alone['sustained_streams']} streams"
+                + (
+                    f" (there: {top['p99_gap_ms']:.0f} ms p99 gap, "
+                    f"{top['rss_mib']:.0f} MiB, CPU {top['cpu_share']:.2f})"
+                    if top
+                    else ""
+                )
+            )
         levels = sorted({int(n) for k in paced for n in paced[k]["levels"]})
         rows.append(f"  {'streams: p99 gap ms / first event p99 ms / RSS MiB / CPU':<56}")
         for level in levels:

@@ -7,7 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-KINDS = (("service", "#1f6feb"), ("starlette", "#d1242f"), ("raw", "#8c959f"))
+KINDS = (
+    ("service", "service", "#1f6feb"),
+    ("service_memory", "service, no Redis", "#54aeff"),
+    ("starlette", "Starlette", "#d1242f"),
+    ("raw", "raw ASGI", "#8c959f"),
+)
 WIDTH, HEIGHT, PAD = 720, 300, 50
 PANELS = (("rss_mib", "RSS, MiB (all workers)"), ("cpu_share", "CPU, share of one core"))
 
@@ -15,7 +20,7 @@ PANELS = (("rss_mib", "RSS, MiB (all workers)"), ("cpu_share", "CPU, share of on
 def chart(results: dict[str, Any], path: Path) -> None:
     series = {
         kind: sorted((int(n), level) for n, level in results[kind]["paced"]["levels"].items())
-        for kind, _ in KINDS
+        for kind, _, _ in KINDS
         if "paced" in results.get(kind, {})
     }
     if not series:
@@ -57,11 +62,9 @@ def _panel(
         f'<text x="{PAD - 6}" y="{y(top) + 4}" text-anchor="end">{top:g}</text>',
         f'<text x="{WIDTH - PAD}" y="{y(0) + 16}" text-anchor="end">{most} streams</text>',
     ]
-    for i, (kind, colour) in enumerate(KINDS):
+    for i, (kind, name, colour) in enumerate(KINDS):
         points = series.get(kind, [])
-        parts.append(
-            f'<text x="{WIDTH - 290 + 85 * i}" y="{y0 + 14}" fill="{colour}">{kind}</text>'
-        )
+        parts.append(f'<text x="{PAD + 140 * i}" y="{y0 + 32}" fill="{colour}">{name}</text>')
         if not points:
             continue
         line = " ".join(f"{x(n):.1f},{y(level[key]):.1f}" for n, level in points)
