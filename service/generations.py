@@ -62,6 +62,10 @@ class Elsewhere(Publisher, Protocol):
         """It ended here; whether it stays resumable elsewhere (so nothing is kept here)."""
         ...
 
+    def detached(self, generation: Generation) -> None:
+        """Its last reader here left: the client may come back on another worker."""
+        ...
+
     async def follow(self, stream_id: str, user: str, after: int) -> Followed | None:
         """`user`'s stream running (or ended) elsewhere, able to serve from after entry
         `after`; None when there is none, the same for every kind of miss."""
@@ -89,6 +93,9 @@ class Local:
 
     def ended(self, generation: Generation) -> bool:
         return False
+
+    def detached(self, generation: Generation) -> None:
+        return None
 
     async def follow(self, stream_id: str, user: str, after: int) -> Followed | None:
         return None
@@ -218,6 +225,7 @@ class Generations:
         if self._followed.get(generation.id) is generation or not self.window:
             generation.stop("disconnected")
             return
+        self.elsewhere.detached(generation)
         loop = asyncio.get_running_loop()
         generation.idle_timer = loop.call_later(self.window, self._unread, generation)
 

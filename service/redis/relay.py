@@ -1,15 +1,24 @@
 """With Redis, a generation is not bound to the worker that runs it: the Redis twin of
 `generations.Elsewhere` (its other twin, `Local`, knows of nothing elsewhere).
 
-- Publishing: a generation's events go to a Redis stream (`keys.stream`: `...:log`), one
-  entry per turn of the event loop (the wire bytes of the events appended in that turn,
-  their names and sizes, the entry's id the number of the first), through the Store's
-  batches: never a round trip per event. Its owner, worker and state are in `...:meta`.
-  Both live while it runs and CHAT_RESUME_WINDOW after it ends (their lives set when they
-  are made, renewed every RUNNING_TTL / 3 and cut at the end: not with every entry), and
-  the log is trimmed as the generation's own is. Each entry and the end are announced on
-  the stream's channel (`keys.stream_news`) in the same batch. One publish per generation
-  is in flight at a time (see `_publish`).
+- Publishing: a generation's events go to a Redis stream (`keys.stream`: `...:log`), an
+  entry per publish (the wire bytes of the events appended since the last, their names
+  and sizes, the entry's id the number of the first), through the Store's batches: never
+  a round trip per event. Its owner, worker and state are in `...:meta`. Both live while
+  it runs and CHAT_RESUME_WINDOW after it ends (their lives set when they are made,
+  renewed every RUNNING_TTL / 3 and cut at the end: not with every entry), and the log is
+  trimmed as the generation's own is. One publish per generation is in flight at a time
+  (see `_publish`).
+- When: its first events and its end at once (in the turn of the loop they came in), and
+  so everything while no client reads it here (detached: its client may come back on any
+  worker). While its client reads it here and nobody follows it from another worker, its
+  events wait PUBLISH_SECONDS and go together: a publish an event, and its announcement,
+  had halved a worker's paced capacity (593 streams with Redis, 1,250 without, in one
+  run of `python -m bench`). A follower elsewhere asks for more through the worker's inbox (`+<stream id>`); from then on each
+  turn's events are published in that turn and announced on the stream's channel
+  (`keys.stream_news`) in the same batch, and so is the end. So a worker that dies takes
+  at most PUBLISH_SECONDS of events that only its own clients saw with it, and a resume
+  elsewhere catches up within INBOX_SECONDS, then follows within a round trip.
 - Following: a resume on any worker or pod of a stream that runs elsewhere reads that log
   (`follow`): what it holds so far, then a source of the rest, read whenever the stream's
   channel announces more (notices.py) and at least every CHECK_SECONDS, which feeds an
@@ -17,7 +26,8 @@
   so the worker running the generation does not stop it for want of readers; if that
   worker dies (its `alive` key lapses) the source ends with `error {"code": "interrupted"}`.
 - Stopping: a stop reaches the worker running the generation through that worker's inbox
-  (`keys.worker_inbox`), which every worker with generations polls every INBOX_SECONDS.
+  (`keys.worker_inbox`, the stream's id), which every worker with generations polls every
+  INBOX_SECONDS.
 """
 
 from __future__ import annotations
@@ -47,6 +57,12 @@ CHECK_SECONDS = 1.0
 INBOX_SECONDS = 0.25
 ALIVE_SECONDS = 6  # a worker's heartbeat lives this long, renewed every third of it
 LEASE_MS = 3000  # a follower's claim that someone reads the stream
+# How long the events of a generation read on its own worker, and followed nowhere else,
+# wait to be published together.
+PUBLISH_SECONDS = 0.25
+# How long a resume that saw more than the log holds waits for the rest (its worker reads
+# its inbox every INBOX_SECONDS, then publishes).
+HURRY_SECONDS = 4 * INBOX_SECONDS
 RUNNING_TTL = 120  # seconds the keys of a running generation live, renewed while it runs
 
 
@@ -61,7 +77,10 @@ class Relay:
         self.worker = secrets.token_hex(8)
         self._running: dict[str, Generation] = {}  # published from here while they run
         self._published: dict[Generation, int] = {}  # the last entry sent of each
-        self._dirty: set[Generation] = set()
+        self._dirty: set[Generation] = set()  # to publish at the end of this turn
+        self._unpublished: set[Generation] = set()  # to publish with the next chores
+        self._followed: set[Generation] = set()  # from another worker: published at once
+        self._announcing: set[Generation] = set()  # the next publish announces itself
         self._in_flight: dict[Generation, asyncio.Future[None]] = {}  # sent, unanswered
         self._behind: set[Generation] = set()  # appended to meanwhile: publish when it is
         self._flush_scheduled = False
@@ -78,10 +97,33 @@ class Relay:
             self._chores = asyncio.ensure_future(self._keep_up())
 
     def appended(self, generation: Generation) -> None:
+        if (
+            generation.readers  # its client reads it here
+            and generation not in self._followed
+            and self._published.get(generation)  # and its first publish has gone
+        ):
+            # Nobody elsewhere waits for it: in a moment, with what follows meanwhile. Each
+            # generation on its own clock, so that a worker's publishes do not come at once.
+            if generation not in self._unpublished:
+                self._unpublished.add(generation)
+                asyncio.get_running_loop().call_later(PUBLISH_SECONDS, self._due, generation)
+            return
         self._dirty.add(generation)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def _due(self, generation: Generation) -> None:
+        if generation in self._unpublished:
+            self._unpublished.discard(generation)
+            self._publish(generation)
+
+    def detached(self, generation: Generation) -> None:
+        """Its client left: what it has not published goes now, so that a resume on another
+        worker finds it; and so does all it appends while no one here reads it."""
+        if generation in self._unpublished:
+            self._unpublished.discard(generation)
+            self.appended(generation)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -119,7 +161,12 @@ class Relay:
         if generation.ended:
             commands.append(("HSET", meta_key, "state", "ended"))
             del self._published[generation]
-        if span is not None or generation.ended:
+        if (
+            generation.ended
+            or generation in self._announcing
+            or (span is not None and generation in self._followed)
+        ):
+            self._announcing.discard(generation)
             commands.append(("PUBLISH", keys.stream_news(generation.user, generation.id), b""))
         # Lives set when the keys are made (a publish before the first entry makes only the
         # meta, and comes again), renewed by the chores, cut to the window at the end.
@@ -127,6 +174,8 @@ class Relay:
             self._renewing.discard(generation)
             ttl = self.window_ms if generation.ended else RUNNING_TTL * 1000
             commands += [("PEXPIRE", log_key, ttl), ("PEXPIRE", meta_key, ttl)]
+        if not commands:
+            return
         sent = self.store.send("resume", *commands)
         if sent is not None:  # None: Redis is down, and nothing is on its way
             self._in_flight[generation] = sent
@@ -144,9 +193,12 @@ class Relay:
         by itself within INBOX_SECONDS when no generation is left; stopping it at once cost
         a new poller, and a round trip, per stream.)"""
         self._dirty.discard(generation)
-        self._publish(generation)
+        self._unpublished.discard(generation)
+        self._publish(generation)  # announced whoever follows: its end
         self._running.pop(generation.id, None)
         self._renewing.discard(generation)
+        self._followed.discard(generation)
+        self._announcing.discard(generation)
         return True
 
     async def _keep_up(self) -> None:
@@ -155,18 +207,27 @@ class Relay:
         inbox, alive = keys.worker_inbox(self.worker), keys.worker_alive(self.worker)
         beats = 0
         while self._running:
-            if beats % int(ALIVE_SECONDS / 3 / INBOX_SECONDS) == 0:
+            if beats % max(1, int(ALIVE_SECONDS / 3 / INBOX_SECONDS)) == 0:
                 self.store.send("resume", ("SET", alive, 1, "EX", ALIVE_SECONDS), urgent=True)
-            if beats % int(RUNNING_TTL / 3 / INBOX_SECONDS) == 0 and beats:
+            if beats % max(1, int(RUNNING_TTL / 3 / INBOX_SECONDS)) == 0 and beats:
                 for generation in list(self._running.values()):
                     # Its keys' lives renewed in turn with its publishes: a renewal must
                     # not land after its end has shortened them to the window.
                     self._renewing.add(generation)
                     self._publish(generation)
             beats += 1
-            stops: Any = await self.store.execute("resume", "LPOP", inbox, 64, fallback=None)
-            for raw in stops or ():
-                stopped = self._running.get(raw.decode(errors="replace"))
+            asks: Any = await self.store.execute("resume", "LPOP", inbox, 64, fallback=None)
+            for raw in asks or ():
+                ask = raw.decode(errors="replace")
+                if ask.startswith("+"):  # followed from elsewhere: publish at once from now
+                    followed = self._running.get(ask[1:])
+                    if followed is not None and followed in self._published:
+                        self._followed.add(followed)
+                        self._announcing.add(followed)  # its follower may have missed some
+                        self._unpublished.discard(followed)
+                        self._publish(followed)
+                    continue
+                stopped = self._running.get(ask)
                 if stopped is not None:
                     stopped.stop("cancelled")
             await asyncio.sleep(INBOX_SECONDS)
@@ -202,6 +263,24 @@ class Relay:
         if meta is None:
             return None
         log_key, _, _ = keys.stream(user, stream_id)
+        worker = meta.get(b"worker", b"").decode()
+        first, history, last_chunk = await self._read_log(log_key)
+        base = first - 1 if history else 0
+        if after > base + len(history) and worker and meta.get(b"state") == b"running":
+            # The client saw more than the log holds: its reader there publishes with the
+            # chores. Ask for the rest now, and read again once it is there.
+            await self._hurry(stream_id, user, worker)
+            first, history, last_chunk = await self._read_log(log_key)
+            base = first - 1 if history else 0
+        if not base <= after <= base + len(history):
+            return None
+        codec = self.codecs.get(meta.get(b"codec", b"events").decode(), EVENTS)
+        source = self._following(stream_id, user, worker, last_chunk, base + len(history))
+        return Followed(first or 1, history, source, codec)
+
+    async def _read_log(self, log_key: str) -> tuple[int, list[tuple[str, bytes]], bytes | None]:
+        """What a stream's log holds: the number of its first event, each event's name and
+        bytes, and the id of its last entry."""
         chunks: Any = await self.store.execute("resume", "XRANGE", log_key, "-", "+", fallback=None)
         history: list[tuple[str, bytes]] = []
         first = 0
@@ -212,13 +291,31 @@ class Relay:
                 first = start
             history += taken[max(0, first + len(history) - start) :]
             last_chunk = chunk_id
-        base = first - 1 if history else 0
-        if not base <= after <= base + len(history):
-            return None
-        worker = meta.get(b"worker", b"").decode()
-        codec = self.codecs.get(meta.get(b"codec", b"events").decode(), EVENTS)
-        source = self._following(stream_id, user, worker, last_chunk, base + len(history))
-        return Followed(first or 1, history, source, codec)
+        return first, history, last_chunk
+
+    def _notices_of(self) -> Notices:
+        if self._notices is None:
+            self._notices = Notices(self.store.pool)
+        return self._notices
+
+    def _ask_for_more(self, stream_id: str, worker: str) -> None:
+        """Ask `worker` to publish the stream as it goes, and to announce it (once this
+        worker hears its channel, so that nothing is missed)."""
+        inbox = keys.worker_inbox(worker)
+        ask = ("RPUSH", inbox, f"+{stream_id}")
+        self.store.send("resume", ask, ("PEXPIRE", inbox, 60_000), urgent=True)
+
+    async def _hurry(self, stream_id: str, user: str, worker: str) -> None:
+        """Ask for what the stream's worker has not published yet; back when it has come,
+        or after HURRY_SECONDS."""
+        notices, channel = self._notices_of(), keys.stream_news(user, stream_id)
+        news = await notices.hear(channel)
+        try:
+            self._ask_for_more(stream_id, worker)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(news.wait(), HURRY_SECONDS)
+        finally:
+            notices.forget(channel, news)
 
     async def _following(
         self, stream_id: str, user: str, worker: str, last_chunk: bytes | None, last_seq: int
@@ -228,10 +325,10 @@ class Relay:
         log_key, meta_key, readers = keys.stream(user, stream_id)
         alive_key = keys.worker_alive(worker)
         channel = keys.stream_news(user, stream_id)
-        if self._notices is None:
-            self._notices = Notices(self.store.pool)
-        notices = self._notices
+        notices = self._notices_of()
         news = await notices.hear(channel)
+        if worker:
+            self._ask_for_more(stream_id, worker)
         loop = asyncio.get_running_loop()
         checked = -CHECK_SECONDS
         try:
@@ -279,6 +376,9 @@ class Relay:
             self._chores.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._chores
+        unpublished, self._unpublished = self._unpublished, set()
+        for generation in unpublished:
+            self._publish(generation)
         if self._notices is not None:
             await self._notices.aclose()
         while self._in_flight:

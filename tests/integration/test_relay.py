@@ -238,3 +238,108 @@ def test_a_follower_hears_of_each_entry_and_reads_nothing_while_none_comes(
     names, quiet_reads = asyncio.run(body())
     assert names == ["content", "content", "content", "error"]
     assert quiet_reads == 0
+
+
+def test_a_generation_read_here_is_published_now_and_then_and_at_once_when_its_reader_leaves(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While its client reads it on its own worker and nobody follows it elsewhere, a
+    generation's events wait PUBLISH_SECONDS (30 s here) and go together, not a publish
+    each. When its reader leaves they go at once, and so does all it appends while nobody
+    reads it here: a resume on another worker finds them."""
+    monkeypatch.setattr(relay_module, "PUBLISH_SECONDS", 30)
+
+    async def body() -> tuple[int, int, int, int]:
+        fed = Fed(redis.url, "read-here", "erin", window=30)
+        generation = fed.generation
+        try:
+            cursor = generation.log.attach(0)  # its client, reading it here
+            fed.start()
+
+            async def started() -> bool:
+                return fed.published() == 1
+
+            await _until(started)
+            for n in range(10):
+                fed.feed(Event("content", {"text": str(n)}))
+
+            async def appended() -> bool:
+                return generation.log.last_seq == 11
+
+            await _until(appended)
+            held_back = fed.published()
+            in_redis = await fed.store.execute("test", "XLEN", fed.log_key, fallback=None)
+            generation.log.detach(cursor)
+            fed.relay.detached(generation)
+
+            async def published() -> bool:
+                return fed.published() == 11
+
+            await _until(published)
+            fed.feed(Event("content", {"text": "read by nobody here"}))
+
+            async def published_again() -> bool:
+                return fed.published() == 12
+
+            await _until(published_again)
+            await fed.end()
+            entries = await fed.store.execute("test", "XLEN", fed.log_key, fallback=None)
+            followed = await fed.relay.follow("read-here", "erin", 0)
+            assert followed is not None
+            await followed.source.aclose()  # type: ignore[attr-defined]
+            return held_back, in_redis, entries, len(followed.history)
+        finally:
+            await fed.aclose()
+
+    held_back, in_redis, entries, events_in_redis = asyncio.run(body())
+    assert (held_back, in_redis) == (1, 1)  # only `start`: the ten wait
+    assert entries <= 4  # start; the ten at once; the one; the end
+    assert events_in_redis == 12  # start, 10 + 1 content (the source just stops)
+
+
+def test_a_resume_elsewhere_that_saw_more_than_the_log_holds_gets_the_rest(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that read ten events on the worker running its generation resumes on
+    another before that worker has published them (they wait PUBLISH_SECONDS while its
+    reader is there): the other worker asks for them and serves the rest, not a 404."""
+    monkeypatch.setattr(relay_module, "PUBLISH_SECONDS", 30)
+    monkeypatch.setattr(relay_module, "HURRY_SECONDS", 10.0)
+
+    async def body() -> tuple[int, list[str]]:
+        fed = Fed(redis.url, "ahead", "frank", window=30)
+        generation = fed.generation
+        other_store = Store(redis.url)
+        other = Relay(other_store, window=30)
+        try:
+            generation.log.attach(0)  # its client, reading it there
+            fed.start()
+
+            async def started() -> bool:
+                return fed.published() == 1
+
+            await _until(started)
+            for n in range(10):
+                fed.feed(Event("content", {"text": str(n)}))
+
+            async def appended() -> bool:
+                return generation.log.last_seq == 11
+
+            await _until(appended)
+            published_then = fed.published()
+            followed = await other.follow("ahead", "frank", 11)  # its Last-Event-ID: 11
+            assert followed is not None
+            source: Any = followed.source
+            fed.feed(Event("content", {"text": "next"}))
+            names = [(await asyncio.wait_for(source.__anext__(), 10)).name]
+            await source.aclose()
+            await fed.end()
+            return published_then, names
+        finally:
+            await other.aclose()
+            await other_store.aclose()
+            await fed.aclose()
+
+    published_then, names = asyncio.run(body())
+    assert published_then == 1  # the ten were not in Redis when the resume came
+    assert names == ["content"]
