@@ -14,9 +14,10 @@
   worker). While its client reads it here and nobody follows it from another worker, its
   events wait PUBLISH_SECONDS and go together: a publish an event, and its announcement,
   had halved a worker's paced capacity (593 streams with Redis, 1,250 without, in one
-  run of `python -m bench`). A follower elsewhere asks for more through the worker's inbox (`+<stream id>`); from then on each
-  turn's events are published in that turn and announced on the stream's channel
-  (`keys.stream_news`) in the same batch, and so is the end. So a worker that dies takes
+  run of `python -m bench`). A follower elsewhere asks for more through the worker's
+  inbox (`+<stream id>`); from then on each turn's events are published in that turn and
+  announced on the stream's channel (`keys.stream_news`) in the same batch, and so is the
+  end. So a worker that dies takes
   at most PUBLISH_SECONDS of events that only its own clients saw with it, and a resume
   elsewhere catches up within INBOX_SECONDS, then follows within a round trip.
 - Following: a resume on any worker or pod of a stream that runs elsewhere reads that log

@@ -13,7 +13,7 @@ import redis as sync_redis
 from service.events import Event
 from service.generation import FOLLOWING, Generation
 from service.generations import Followed
-from service.log import Log
+from service.log import Cursor, Log
 from service.redis import keys
 from service.redis import relay as relay_module
 from service.redis.relay import Relay
@@ -64,6 +64,25 @@ class Fed:
 
     def feed(self, event: Event | None) -> None:
         self.events.put_nowait(event)
+
+    async def read_here_and_feed(self, count: int) -> Cursor:
+        """Start it with a reader on its own worker (its client), and feed `count` content
+        events; back once they are in its log. Returns the reader."""
+        cursor = self.generation.log.attach(0)
+        self.start()
+
+        async def started() -> bool:
+            return self.published() == 1
+
+        await _until(started)
+        for n in range(count):
+            self.feed(Event("content", {"text": str(n)}))
+
+        async def appended() -> bool:
+            return self.generation.log.last_seq == count + 1
+
+        await _until(appended)
+        return cursor
 
     async def end(self) -> None:
         """End the generation, and wait until its end is in Redis."""
@@ -253,20 +272,7 @@ def test_a_generation_read_here_is_published_now_and_then_and_at_once_when_its_r
         fed = Fed(redis.url, "read-here", "erin", window=30)
         generation = fed.generation
         try:
-            cursor = generation.log.attach(0)  # its client, reading it here
-            fed.start()
-
-            async def started() -> bool:
-                return fed.published() == 1
-
-            await _until(started)
-            for n in range(10):
-                fed.feed(Event("content", {"text": str(n)}))
-
-            async def appended() -> bool:
-                return generation.log.last_seq == 11
-
-            await _until(appended)
+            cursor = await fed.read_here_and_feed(10)
             held_back = fed.published()
             in_redis = await fed.store.execute("test", "XLEN", fed.log_key, fallback=None)
             generation.log.detach(cursor)
@@ -308,24 +314,10 @@ def test_a_resume_elsewhere_that_saw_more_than_the_log_holds_gets_the_rest(
 
     async def body() -> tuple[int, list[str]]:
         fed = Fed(redis.url, "ahead", "frank", window=30)
-        generation = fed.generation
         other_store = Store(redis.url)
         other = Relay(other_store, window=30)
         try:
-            generation.log.attach(0)  # its client, reading it there
-            fed.start()
-
-            async def started() -> bool:
-                return fed.published() == 1
-
-            await _until(started)
-            for n in range(10):
-                fed.feed(Event("content", {"text": str(n)}))
-
-            async def appended() -> bool:
-                return generation.log.last_seq == 11
-
-            await _until(appended)
+            await fed.read_here_and_feed(10)  # its client, reading it there
             published_then = fed.published()
             followed = await other.follow("ahead", "frank", 11)  # its Last-Event-ID: 11
             assert followed is not None
