@@ -17,9 +17,9 @@
   run of `python -m bench`). A follower elsewhere asks for more through the worker's
   inbox (`+<stream id>`); from then on each turn's events are published in that turn and
   announced on the stream's channel (`keys.stream_news`) in the same batch, and so is the
-  end. So a worker that dies takes
-  at most PUBLISH_SECONDS of events that only its own clients saw with it, and a resume
-  elsewhere catches up within INBOX_SECONDS, then follows within a round trip.
+  end. So a worker that dies takes at most PUBLISH_SECONDS of events that only its own
+  clients saw with it, and a resume elsewhere catches up within INBOX_SECONDS, then
+  follows within a round trip.
 - Following: a resume on any worker or pod of a stream that runs elsewhere reads that log
   (`follow`): what it holds so far, then a source of the rest, read whenever the stream's
   channel announces more (notices.py) and at least every CHECK_SECONDS, which feeds an
@@ -79,7 +79,7 @@ class Relay:
         self._running: dict[str, Generation] = {}  # published from here while they run
         self._published: dict[Generation, int] = {}  # the last entry sent of each
         self._dirty: set[Generation] = set()  # to publish at the end of this turn
-        self._unpublished: set[Generation] = set()  # to publish with the next chores
+        self._unpublished: set[Generation] = set()  # read here: published when due
         self._followed: set[Generation] = set()  # from another worker: published at once
         self._announcing: set[Generation] = set()  # the next publish announces itself
         self._in_flight: dict[Generation, asyncio.Future[None]] = {}  # sent, unanswered
@@ -203,8 +203,8 @@ class Relay:
         return True
 
     async def _keep_up(self) -> None:
-        """While this worker runs generations: take stops from its inbox, keep its
-        heartbeat, and keep its generations' keys alive."""
+        """While this worker runs generations: take stops and asks to publish at once from
+        its inbox, keep its heartbeat, and keep its generations' keys alive."""
         inbox, alive = keys.worker_inbox(self.worker), keys.worker_alive(self.worker)
         beats = 0
         while self._running:
@@ -268,8 +268,8 @@ class Relay:
         first, history, last_chunk = await self._read_log(log_key)
         base = first - 1 if history else 0
         if after > base + len(history) and worker and meta.get(b"state") == b"running":
-            # The client saw more than the log holds: its reader there publishes with the
-            # chores. Ask for the rest now, and read again once it is there.
+            # The client saw more than the log holds: read there, its events wait
+            # PUBLISH_SECONDS. Ask for the rest now, and read again once it is there.
             await self._hurry(stream_id, user, worker)
             first, history, last_chunk = await self._read_log(log_key)
             base = first - 1 if history else 0
