@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .events import NAMES, TERMINAL
@@ -124,13 +125,14 @@ class Log:
 
     def append(self, name: str, wire: bytes) -> None:
         total = self.total = self.total + len(wire)
+        kind = KINDS.get(name, OTHER)
         self._buffer += wire
         self._ends.append(total)
-        self._kinds.append(KINDS.get(name, OTHER))
+        self._kinds.append(kind)
         if total - self._start > self.max_bytes:
             self._trim()
         if self.waiting:
-            self._wake()
+            self._wake(wire, kind)
         if total >= self._lag_check_at:  # checked every so many bytes, not every event
             self._lag_check_at = total + LAG_BYTES // 4
             if self._cursors and self.held_back is None and self.lag() > LAG_BYTES:
@@ -159,10 +161,25 @@ class Log:
             del self._kinds[:first]
             self._first = 0
 
-    def _wake(self) -> None:
+    def _wake(self, wire: bytes | None = None, kind: int = OTHER) -> None:
+        """Each waiting reader, told of the entry just appended (`wire`; None: the log has
+        closed). One that can take it at once (`Cursor.deliver`) does so and waits on; a
+        terminal entry always wakes its reader, which ends its response."""
         for cursor in self._cursors:
             waiter = cursor.waiter
-            if waiter is not None and not waiter.done():
+            if waiter is None or waiter.done():
+                continue
+            deliver = cursor.deliver
+            if (
+                deliver is not None
+                and wire is not None
+                and kind not in TERMINAL_KINDS
+                and cursor.offset == self.total - len(wire)  # it had read all before
+                and deliver(wire, kind)
+            ):
+                cursor.position = self.last_seq
+                cursor.offset = self.total
+            else:
                 waiter.set_result(None)
 
     def _index(self, position: int) -> int:
@@ -256,13 +273,16 @@ class Log:
 class Cursor:
     """A reader's place in a log."""
 
-    __slots__ = ("log", "offset", "position", "waiter")
+    __slots__ = ("deliver", "log", "offset", "position", "waiter")
 
     def __init__(self, log: Log, position: int, offset: int) -> None:
         self.log = log
         self.position = position  # the last entry read
         self.offset = offset  # where that entry ends in the log's output
         self.waiter: asyncio.Future[None] | None = None  # while it waits for more
+        # While it waits: takes an entry (its bytes, its name's number) at once, without
+        # waking the reader, when it can (True); see writes.py.
+        self.deliver: Callable[[bytes, int], bool] | None = None
 
     def take(self) -> Batch:
         """What was appended after this position so far (`count` 0: nothing yet)."""

@@ -6,7 +6,9 @@ callable rather than sse-starlette's EventSourceResponse or a Starlette Streamin
 with a task group: it reads in the request's own task and adds one small helper task,
 `_watch`, which waits on `receive()`: when the client goes, the reader stops and leaves
 the generation (whose worker decides, by CHAT_RESUME_WINDOW, whether to wait for a reader
-to come back or to stop now).
+to come back or to stop now). While it waits, caught up, each new entry is written to its
+socket by the generation's own task (`_deliver`, writes.py): one task step per event, not
+two; its own task wakes for the last entry, or for one the socket cannot take at once.
 
 Once a tick, the worker's one ticker (`Responses`) looks at every open stream: an idle one
 gets a `: ping` comment (events.PING) so proxies with idle timeouts do not cut a slow
@@ -33,6 +35,7 @@ from .events import INTERNAL, PING, SHUTDOWN, TERMINAL
 from .log import KINDS
 from .observability import metrics
 from .record import RequestRecord, StreamStats, record_of
+from .writes import Writer, write_now, writer
 
 if TYPE_CHECKING:
     from .generation import Generation
@@ -69,6 +72,7 @@ class EventStream(Response):
         "_stop_reason",
         "_streaming",
         "_task",
+        "_writer",
         "cursor",
         "generation",
         "record",
@@ -100,6 +104,7 @@ class EventStream(Response):
         self._finished = False
         # For the ticker: where the stream stood at the last tick, and the ping under way.
         self._send: Send | None = None
+        self._writer: Writer | None = None  # the socket, for entries written at once
         self._seen = 0
         self._idle = self._stalled = 0.0
         self._pinging: asyncio.Future[None] | None = None
@@ -128,6 +133,7 @@ class EventStream(Response):
             return
         # uvicorn's own `send`: body chunks skip the middleware wrappers (service/__init__.py).
         self._send = record.raw_send
+        self._writer = writer(record.raw_send)
 
     async def run_body(self, receive: Receive) -> None:
         """The stream itself, in the request's own task, read from the generation's log."""
@@ -145,6 +151,7 @@ class EventStream(Response):
             # From here on nothing may cancel this task: leaving the generation must run to
             # its end, whatever the client does now.
             self._finished = True
+            self.cursor.deliver = None
             if watcher is not None:
                 watcher.cancel()
             if self._pinging is not None:
@@ -164,6 +171,8 @@ class EventStream(Response):
             try:
                 cursor = self.cursor
                 log = cursor.log
+                if self._writer is not None:
+                    cursor.deliver = self._deliver  # writes.py: while it waits, entries go at once
                 while True:
                     # Whatever has been appended since the last send goes in one write: the
                     # same bytes as an event at a time, far fewer trips through the server.
@@ -219,6 +228,21 @@ class EventStream(Response):
         stats = self.stats
         stats.events += count
         stats.bytes += len(body)
+
+    def _deliver(self, wire: bytes, kind: int) -> bool:
+        """An entry appended while this stream waits, written now by the generation's task
+        (writes.py); False: the stream's own task must send it."""
+        assert self._writer is not None
+        try:
+            if not write_now(self._writer, wire):
+                return False
+        except Exception:  # never the generation's problem: the stream's own send will see
+            return False
+        stats = self.stats
+        stats.count_one(kind)
+        stats.events += 1
+        stats.bytes += len(wire)
+        return True
 
     async def _watch(self, receive: Receive) -> None:
         """Wait on `receive()` for the client to go. One task per stream: an idle stream's
