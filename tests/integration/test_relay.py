@@ -335,3 +335,37 @@ def test_a_resume_elsewhere_that_saw_more_than_the_log_holds_gets_the_rest(
     published_then, names = asyncio.run(body())
     assert published_then == 1  # the ten were not in Redis when the resume came
     assert names == ["content"]
+
+
+def test_a_resume_elsewhere_ahead_of_the_log_of_a_dead_worker_is_told_it_was_interrupted(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker running a generation dies before publishing the ten events its client
+    saw there: the client's resume on another worker is not a 404 (the events it names
+    are nowhere) but `error interrupted`, numbered after the last event it saw."""
+    monkeypatch.setattr(relay_module, "PUBLISH_SECONDS", 30)
+
+    async def body() -> tuple[int, int, list[tuple[str, bytes]]]:
+        fed = Fed(redis.url, "died", "gina", window=30)
+        other_store = Store(redis.url)
+        other = Relay(other_store, window=30)
+        try:
+            await fed.read_here_and_feed(10)
+            assert fed.relay._chores is not None
+            fed.relay._chores.cancel()  # the worker dies: no heartbeat, no inbox
+            alive = keys.worker_alive(fed.relay.worker)
+            await fed.store.execute("test", "DEL", alive, fallback=None)
+            followed = await other.follow("died", "gina", 11)  # its Last-Event-ID: 11
+            assert followed is not None
+            source: Any = followed.source
+            events_ = [event async for event in source]
+            return followed.first, fed.published(), [(e.name, e.data["code"]) for e in events_]
+        finally:
+            await other.aclose()
+            await other_store.aclose()
+            await fed.aclose()
+
+    first, published, events_ = asyncio.run(body())
+    assert published == 1  # only `start` reached Redis
+    assert first == 12
+    assert events_ == [("error", "interrupted")]
