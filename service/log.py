@@ -132,7 +132,7 @@ class Log:
         if total - self._start > self.max_bytes:
             self._trim()
         if self.waiting:
-            self._wake(wire, kind)
+            self._wake(kind)
         if total >= self._lag_check_at:  # checked every so many bytes, not every event
             self._lag_check_at = total + LAG_BYTES // 4
             if self._cursors and self.held_back is None and self.lag() > LAG_BYTES:
@@ -161,25 +161,16 @@ class Log:
             del self._kinds[:first]
             self._first = 0
 
-    def _wake(self, wire: bytes | None = None, kind: int = OTHER) -> None:
-        """Each waiting reader, told of the entry just appended (`wire`; None: the log has
-        closed). One that can take it at once (`Cursor.deliver`) does so and waits on; a
-        terminal entry always wakes its reader, which ends its response."""
+    def _wake(self, kind: int | None = None) -> None:
+        """Each waiting reader, told of the entry just appended (of `kind`; None: the log
+        has closed). One that takes entries without waking (`Cursor.deliver`) is told so
+        instead; a terminal entry always wakes its reader, which ends its response."""
         for cursor in self._cursors:
             waiter = cursor.waiter
             if waiter is None or waiter.done():
                 continue
             deliver = cursor.deliver
-            if (
-                deliver is not None
-                and wire is not None
-                and kind not in TERMINAL_KINDS
-                and cursor.offset == self.total - len(wire)  # it had read all before
-                and deliver(wire, kind)
-            ):
-                cursor.position = self.last_seq
-                cursor.offset = self.total
-            else:
+            if deliver is None or kind is None or kind in TERMINAL_KINDS or not deliver():
                 waiter.set_result(None)
 
     def _index(self, position: int) -> int:
@@ -280,9 +271,9 @@ class Cursor:
         self.position = position  # the last entry read
         self.offset = offset  # where that entry ends in the log's output
         self.waiter: asyncio.Future[None] | None = None  # while it waits for more
-        # While it waits: takes an entry (its bytes, its name's number) at once, without
-        # waking the reader, when it can (True); see writes.py.
-        self.deliver: Callable[[bytes, int], bool] | None = None
+        # While it waits, told of a new entry: True when the reader takes it without being
+        # woken (it writes what is new at the end of the loop's turn: response.py).
+        self.deliver: Callable[[], bool] | None = None
 
     def take(self) -> Batch:
         """What was appended after this position so far (`count` 0: nothing yet)."""

@@ -42,11 +42,6 @@ class StreamStats:
         if self.first_content_at is None and CONTENT in kinds:
             self.first_content_at = time.perf_counter()
 
-    def count_one(self, kind: int) -> None:
-        self.by_name[kind] += 1
-        if kind == CONTENT and self.first_content_at is None:
-            self.first_content_at = time.perf_counter()
-
     @property
     def counts(self) -> dict[str, int]:
         counted = dict(zip(NAMES, self.by_name, strict=False))

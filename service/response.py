@@ -6,9 +6,12 @@ callable rather than sse-starlette's EventSourceResponse or a Starlette Streamin
 with a task group: it reads in the request's own task and adds one small helper task,
 `_watch`, which waits on `receive()`: when the client goes, the reader stops and leaves
 the generation (whose worker decides, by CHAT_RESUME_WINDOW, whether to wait for a reader
-to come back or to stop now). While it waits, caught up, each new entry is written to its
-socket by the generation's own task (`_deliver`, writes.py): one task step per event, not
-two; its own task wakes for the last entry, or for one the socket cannot take at once.
+to come back or to stop now). While it waits, caught up, what its generation appends is
+written to its socket without waking it: the worker's `Responses` writes, at the end of the
+loop's turn, what each such stream has been given in that turn (`write_due`, writes.py),
+in one write as its own task would. A paced stream then costs one task step per event,
+not two, and a burst is still one write. Its own task wakes for the last entry, or for
+what the socket cannot take at once.
 
 Once a tick, the worker's one ticker (`Responses`) looks at every open stream: an idle one
 gets a `: ping` comment (events.PING) so proxies with idle timeouts do not cut a slow
@@ -39,7 +42,7 @@ from .writes import Writer, write_now, writer
 
 if TYPE_CHECKING:
     from .generation import Generation
-    from .log import Cursor
+    from .log import Batch, Cursor
     from .shutdown import Drain
 
 logger = logging.getLogger("service.response")
@@ -62,6 +65,7 @@ class EventStream(Response):
     # Its own state in slots: 5,000 idle streams a worker is the target, and a Response's
     # instance dict grown by a dozen more attributes costs each of them about 400 bytes.
     __slots__ = (
+        "_due",
         "_finished",
         "_idle",
         "_pinging",
@@ -105,6 +109,7 @@ class EventStream(Response):
         # For the ticker: where the stream stood at the last tick, and the ping under way.
         self._send: Send | None = None
         self._writer: Writer | None = None  # the socket, for entries written at once
+        self._due = False  # entries to write at the end of this turn of the loop
         self._seen = 0
         self._idle = self._stalled = 0.0
         self._pinging: asyncio.Future[None] | None = None
@@ -172,7 +177,7 @@ class EventStream(Response):
                 cursor = self.cursor
                 log = cursor.log
                 if self._writer is not None:
-                    cursor.deliver = self._deliver  # writes.py: while it waits, entries go at once
+                    cursor.deliver = self._deliver  # while it waits: see the docstring
                 while True:
                     # Whatever has been appended since the last send goes in one write: the
                     # same bytes as an event at a time, far fewer trips through the server.
@@ -229,19 +234,39 @@ class EventStream(Response):
         stats.events += count
         stats.bytes += len(body)
 
-    def _deliver(self, wire: bytes, kind: int) -> bool:
-        """An entry appended while this stream waits, written now by the generation's task
-        (writes.py); False: the stream's own task must send it."""
+    def _deliver(self) -> bool:
+        """Its generation appended while it waits: written at the end of this turn."""
+        if not self._due:
+            self._due = True
+            self.responses.write_soon(self)
+        return True
+
+    def write_due(self) -> None:
+        """What was appended this turn, in one write now (writes.py) while the stream
+        still waits; when it cannot be (the last entry, a socket that cannot take it at
+        once) the stream's own task is woken to send it."""
+        self._due = False
+        cursor = self.cursor
+        waiter = cursor.waiter
+        if waiter is None or waiter.done():
+            return  # its own task has it
+        batch = cursor.take()
+        if not batch.kinds or (batch.last not in TERMINAL and self._written(batch)):
+            return
+        waiter.set_result(None)
+
+    def _written(self, batch: Batch) -> bool:
         assert self._writer is not None
         try:
-            if not write_now(self._writer, wire):
+            if not write_now(self._writer, batch.body):
                 return False
-        except Exception:  # never the generation's problem: the stream's own send will see
+        except Exception:  # the stream's own send meets it, and says so
             return False
         stats = self.stats
-        stats.count_one(kind)
-        stats.events += 1
-        stats.bytes += len(wire)
+        stats.count(batch.kinds)
+        stats.events += len(batch.kinds)
+        stats.bytes += len(batch.body)
+        self.cursor.sent(batch)
         return True
 
     async def _watch(self, receive: Receive) -> None:
@@ -301,11 +326,24 @@ class Responses:
         self.tick_seconds = min(ping_seconds, send_timeout)
         self._open: set[EventStream] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._due: list[EventStream] = []  # to write at the end of this turn
 
     def respond(
         self, generation: Generation, cursor: Cursor, headers: dict[str, str]
     ) -> EventStream:
         return EventStream(generation, cursor, self, headers)
+
+    def write_soon(self, stream: EventStream) -> None:
+        """`stream.write_due()` at the end of this turn of the loop, with every other
+        stream given entries in it: one callback a turn, not a task step a stream."""
+        if not self._due:
+            asyncio.get_running_loop().call_soon(self._write_due)
+        self._due.append(stream)
+
+    def _write_due(self) -> None:
+        due, self._due = self._due, []
+        for stream in due:
+            stream.write_due()
 
     def opened(self, stream: EventStream) -> None:
         self.drain.add(stream)

@@ -3,8 +3,9 @@ through uvicorn's `send` (service/__init__.py lists this among the deviations).
 
 A caught-up reader parked in `Cursor.wait` costs each event two task steps when woken to
 write it: the generation's, which appends, and the reader's, which takes and sends. With
-`writer`, the generation's append writes the entry to each such reader's socket itself
-(`Log._wake`), and the reader's task stays parked until something needs it: a terminal
+`writer`, what is appended for each such reader in a turn of the loop is written to its
+socket at the end of that turn, by one callback for all of them (`Responses.write_soon`,
+response.py), and the reader's task stays parked until something needs it: a terminal
 entry, a client that stopped reading, or the end.
 
 `writer(send)` is the uvicorn httptools request cycle behind `send` (None behind anything

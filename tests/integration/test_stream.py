@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 import time
 from urllib.parse import quote
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from tests.support.demo_text import THINKING, demo_reply
-from tests.support.service import running_service
+from tests.support.service import Service, running_service
 from tests.support.sse import stream_chat
 from tests.support.tokens import bearer
 
@@ -47,6 +48,34 @@ def test_wire_format_is_exact(client: httpx.Client) -> None:
     )
     assert b'id: %s:6\nevent: content\ndata: {"text":"Y"}\n\n' % sid in stream.raw
     assert stream.raw.endswith(b"\n\n")
+
+
+def test_a_reply_made_at_once_goes_out_in_a_few_writes_not_one_an_event(
+    service: Service,
+) -> None:
+    """The shared service has no demo pauses: a generation appends its events in one turn
+    of the loop, and its waiting stream writes them together at the end of that turn, as
+    chunks of the chunked body (here counted on the socket), not a chunk an event."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+        token = bearer()["Authorization"]
+        sock.sendall(
+            b"GET /chat/in-one-go HTTP/1.1\r\nhost: x\r\nauthorization: %s\r\n"
+            b"connection: close\r\n\r\n" % token.encode()
+        )
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    chunks = []
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        chunks.append(rest[: int(size, 16)])
+        body = rest[int(size, 16) + 2 :]
+    events = b"".join(chunks).count(b"\n\n")
+    assert events > 80  # start, thinking, about 70 content, done
+    assert chunks[-1] == b""  # the end of the body
+    assert len(chunks) <= 6, [c.count(b"\n\n") for c in chunks]
 
 
 def test_sse_headers(client: httpx.Client) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.log import KINDS, LAG_BYTES, Log
+from service.log import LAG_BYTES, Log
 
 
 def _wire(n: int, size: int = 10) -> bytes:
@@ -93,20 +93,19 @@ def test_a_waiting_reader_wakes_on_an_append_and_on_the_close() -> None:
     assert asyncio.run(body()) == ([1], True)
 
 
-def test_a_waiting_reader_that_takes_entries_at_once_is_woken_only_for_the_rest() -> None:
-    """`Cursor.deliver` (writes.py): while a reader waits, each entry it can take at once
-    is its, in order, and it waits on; one it refuses, and a terminal one, wake it to take
-    them itself."""
+def test_a_waiting_reader_that_takes_entries_itself_is_woken_only_for_the_rest() -> None:
+    """`Cursor.deliver`: while a reader waits, it is told of each entry instead of woken
+    when it takes them itself (the stream writes them at the end of the loop's turn); one
+    it refuses, and a terminal one, wake it."""
 
     async def body() -> None:
         log = Log()
         cursor = log.attach()
-        delivered: list[tuple[bytes, int]] = []
+        told: list[int] = []
         accept = True
 
-        def deliver(wire: bytes, kind: int) -> bool:
-            if accept:
-                delivered.append((wire, kind))
+        def deliver() -> bool:
+            told.append(log.last_seq)
             return accept
 
         cursor.deliver = deliver
@@ -116,22 +115,23 @@ def test_a_waiting_reader_that_takes_entries_at_once_is_woken_only_for_the_rest(
         log.append("content", _wire(2))
         await asyncio.sleep(0)
         assert not waiting.done()
-        assert delivered == [(_wire(1), KINDS["start"]), (_wire(2), KINDS["content"])]
-        assert (cursor.position, cursor.offset) == (2, log.total)
-        assert cursor.take().count == 0  # nothing left for its own task
+        assert told == [1, 2]
+        batch = cursor.take()  # what the reader takes, still waiting
+        assert (batch.body, batch.last_seq) == (_wire(1) + _wire(2), 2)
+        cursor.sent(batch)
 
-        accept = False  # a client that stopped reading: its own task must send
+        accept = False  # say, a client that stopped reading: its own task must send
         log.append("content", _wire(3))
         await asyncio.wait_for(waiting, 1)
         assert cursor.take().body == _wire(3)
-
         cursor.sent(cursor.take())
+
         accept = True
         waiting = asyncio.ensure_future(cursor.wait())
         await asyncio.sleep(0)
         log.append("done", _wire(4))  # the end: the reader ends its response itself
         await asyncio.wait_for(waiting, 1)
-        assert len(delivered) == 2
+        assert told == [1, 2, 3]
         batch = cursor.take()
         assert (batch.body, batch.last) == (_wire(4), "done")
 
