@@ -82,7 +82,9 @@ class Relay:
         self._running: dict[str, Generation] = {}  # published from here while they run
         self._published: dict[Generation, int] = {}  # the last entry sent of each
         self._dirty: set[Generation] = set()  # to publish at the end of this turn
-        self._unpublished: set[Generation] = set()  # read here: published when due
+        # Read here: published when due (the timer is cancelled when they go sooner, so
+        # that it does not keep an ended generation for PUBLISH_SECONDS).
+        self._unpublished: dict[Generation, asyncio.TimerHandle] = {}
         self._followed: set[Generation] = set()  # from another worker: published at once
         self._announcing: set[Generation] = set()  # the next publish announces itself
         self._in_flight: dict[Generation, asyncio.Future[None]] = {}  # sent, unanswered
@@ -109,8 +111,10 @@ class Relay:
             # Nobody elsewhere waits for it: in a moment, with what follows meanwhile. Each
             # generation on its own clock, so that a worker's publishes do not come at once.
             if generation not in self._unpublished:
-                self._unpublished.add(generation)
-                asyncio.get_running_loop().call_later(PUBLISH_SECONDS, self._due, generation)
+                loop = asyncio.get_running_loop()
+                self._unpublished[generation] = loop.call_later(
+                    PUBLISH_SECONDS, self._due, generation
+                )
             return
         self._dirty.add(generation)
         if not self._flush_scheduled:
@@ -118,15 +122,21 @@ class Relay:
             asyncio.get_running_loop().call_soon(self._flush)
 
     def _due(self, generation: Generation) -> None:
-        if generation in self._unpublished:
-            self._unpublished.discard(generation)
+        if self._unpublished.pop(generation, None) is not None:
             self._publish(generation)
+
+    def _not_due(self, generation: Generation) -> bool:
+        """It goes now, not when its timer says: whether it had one."""
+        timer = self._unpublished.pop(generation, None)
+        if timer is None:
+            return False
+        timer.cancel()
+        return True
 
     def detached(self, generation: Generation) -> None:
         """Its client left: what it has not published goes now, so that a resume on another
         worker finds it; and so does all it appends while no one here reads it."""
-        if generation in self._unpublished:
-            self._unpublished.discard(generation)
+        if self._not_due(generation):
             self.appended(generation)
 
     def _flush(self) -> None:
@@ -197,7 +207,7 @@ class Relay:
         by itself within INBOX_SECONDS when no generation is left; stopping it at once cost
         a new poller, and a round trip, per stream.)"""
         self._dirty.discard(generation)
-        self._unpublished.discard(generation)
+        self._not_due(generation)
         self._publish(generation)  # announced whoever follows: its end
         self._running.pop(generation.id, None)
         self._renewing.discard(generation)
@@ -228,7 +238,7 @@ class Relay:
                     if followed is not None and followed in self._published:
                         self._followed.add(followed)
                         self._announcing.add(followed)  # its follower may have missed some
-                        self._unpublished.discard(followed)
+                        self._not_due(followed)
                         self._publish(followed)
                     continue
                 stopped = self._running.get(ask)
@@ -384,8 +394,8 @@ class Relay:
             self._chores.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._chores
-        unpublished, self._unpublished = self._unpublished, set()
-        for generation in unpublished:
+        for generation in list(self._unpublished):
+            self._not_due(generation)
             self._publish(generation)
         if self._notices is not None:
             await self._notices.aclose()

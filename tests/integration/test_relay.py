@@ -4,6 +4,7 @@ the Store's connections do meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -301,6 +302,33 @@ def test_a_generation_read_here_is_published_now_and_then_and_at_once_when_its_r
     assert (held_back, in_redis) == (1, 1)  # only `start`: the ten wait
     assert entries <= 4  # start; the ten at once; the one; the end
     assert events_in_redis == 12  # start, 10 + 1 content (the source just stops)
+
+
+def test_an_ended_generation_is_not_kept_by_a_timer_to_publish_it(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events read here wait PUBLISH_SECONDS; when the end publishes them sooner, the timer
+    goes too, or it would keep the ended generation (and its log) alive until it fires: a
+    worker making 600 short replies a second held 1,200 of them."""
+    monkeypatch.setattr(relay_module, "PUBLISH_SECONDS", 30)
+
+    async def body() -> list[asyncio.TimerHandle]:
+        fed = Fed(redis.url, "timer", "hana", window=30)
+        try:
+            await fed.read_here_and_feed(3)  # its events now wait for their timer
+            await fed.end()
+            generation = fed.generation
+            return [
+                handle
+                for args in gc.get_referrers(generation)
+                if type(args) is tuple
+                for handle in gc.get_referrers(args)
+                if isinstance(handle, asyncio.TimerHandle) and not handle.cancelled()
+            ]
+        finally:
+            await fed.aclose()
+
+    assert asyncio.run(body()) == []
 
 
 def test_a_resume_elsewhere_that_saw_more_than_the_log_holds_gets_the_rest(
