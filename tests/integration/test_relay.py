@@ -38,13 +38,24 @@ async def _until(condition: Any, tries: int = 500) -> None:
     raise AssertionError(f"never true: {condition.__name__}")
 
 
-class Fed:
-    """A Store and Relay on the test's Redis, and one generation whose events the test
-    feeds (`feed`; None ends it), tracked by the relay once `start`ed."""
+class Worker:
+    """What one worker has of Redis: a Store, and a Relay on it."""
 
-    def __init__(self, url: str, stream_id: str, user: str, window: float) -> None:
+    def __init__(self, url: str, window: float = 30) -> None:
         self.store = Store(url)
         self.relay = Relay(self.store, window=window)
+
+    async def aclose(self) -> None:
+        await self.relay.aclose()
+        await self.store.aclose()
+
+
+class Fed(Worker):
+    """A worker, and one generation whose events the test feeds (`feed`; None ends it),
+    tracked by its relay once `start`ed."""
+
+    def __init__(self, url: str, stream_id: str, user: str, window: float) -> None:
+        super().__init__(url, window)
         self.events: asyncio.Queue[Event | None] = asyncio.Queue()
         self.generation = Generation(
             stream_id, user, self._source(), FOLLOWING, self.relay, Log(1 << 20)
@@ -96,10 +107,6 @@ class Fed:
             return state == b"ended"
 
         await _until(ended)
-
-    async def aclose(self) -> None:
-        await self.relay.aclose()
-        await self.store.aclose()
 
 
 def test_a_held_up_batch_is_not_overtaken_by_the_next_one(redis: RedisServer) -> None:
@@ -225,8 +232,7 @@ def test_a_follower_hears_of_each_entry_and_reads_nothing_while_none_comes(
 
     async def body() -> tuple[list[str], int]:
         fed = Fed(redis.url, "heard", "dave", window=30)
-        other_store = Store(redis.url)
-        other = Relay(other_store, window=30)
+        other = Worker(redis.url)
         try:
             fed.start()
 
@@ -234,7 +240,7 @@ def test_a_follower_hears_of_each_entry_and_reads_nothing_while_none_comes(
                 return fed.published() == 1
 
             await _until(started)
-            followed = await other.follow("heard", "dave", 1)
+            followed = await other.relay.follow("heard", "dave", 1)
             assert followed is not None
             source: Any = followed.source
             names = []
@@ -252,7 +258,6 @@ def test_a_follower_hears_of_each_entry_and_reads_nothing_while_none_comes(
             return names, quiet_reads
         finally:
             await other.aclose()
-            await other_store.aclose()
             await fed.aclose()
 
     names, quiet_reads = asyncio.run(body())
@@ -342,12 +347,11 @@ def test_a_resume_elsewhere_that_saw_more_than_the_log_holds_gets_the_rest(
 
     async def body() -> tuple[int, list[str]]:
         fed = Fed(redis.url, "ahead", "frank", window=30)
-        other_store = Store(redis.url)
-        other = Relay(other_store, window=30)
+        other = Worker(redis.url)
         try:
             await fed.read_here_and_feed(10)  # its client, reading it there
             published_then = fed.published()
-            followed = await other.follow("ahead", "frank", 11)  # its Last-Event-ID: 11
+            followed = await other.relay.follow("ahead", "frank", 11)  # its Last-Event-ID: 11
             assert followed is not None
             source: Any = followed.source
             fed.feed(Event("content", {"text": "next"}))
@@ -357,7 +361,6 @@ def test_a_resume_elsewhere_that_saw_more_than_the_log_holds_gets_the_rest(
             return published_then, names
         finally:
             await other.aclose()
-            await other_store.aclose()
             await fed.aclose()
 
     published_then, names = asyncio.run(body())
@@ -373,24 +376,22 @@ def test_a_resume_elsewhere_ahead_of_the_log_of_a_dead_worker_is_told_it_was_int
     are nowhere) but `error interrupted`, numbered after the last event it saw."""
     monkeypatch.setattr(relay_module, "PUBLISH_SECONDS", 30)
 
-    async def body() -> tuple[int, int, list[tuple[str, bytes]]]:
+    async def body() -> tuple[int, int, list[tuple[str, str]]]:
         fed = Fed(redis.url, "died", "gina", window=30)
-        other_store = Store(redis.url)
-        other = Relay(other_store, window=30)
+        other = Worker(redis.url)
         try:
             await fed.read_here_and_feed(10)
             assert fed.relay._chores is not None
             fed.relay._chores.cancel()  # the worker dies: no heartbeat, no inbox
             alive = keys.worker_alive(fed.relay.worker)
             await fed.store.execute("test", "DEL", alive, fallback=None)
-            followed = await other.follow("died", "gina", 11)  # its Last-Event-ID: 11
+            followed = await other.relay.follow("died", "gina", 11)  # its Last-Event-ID: 11
             assert followed is not None
             source: Any = followed.source
             events_ = [event async for event in source]
             return followed.first, fed.published(), [(e.name, e.data["code"]) for e in events_]
         finally:
             await other.aclose()
-            await other_store.aclose()
             await fed.aclose()
 
     first, published, events_ = asyncio.run(body())
